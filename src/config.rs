@@ -1,0 +1,356 @@
+//! Gateway configuration: one struct, read from a TOML file, then `TIERGATE_*` environment
+//! variables, then command-line flags, each overriding the one before. `validate` runs once at
+//! start-up so that a bad value stops the process with the offending key, not a later request.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Environment variables with the prefix that are not config keys.
+const NON_KEY_VARS: &[&str] = &["TIERGATE_CONFIG", "TIERGATE_PYTHON", "TIERGATE_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the OpenAI-compatible API.
+    pub listen: SocketAddr,
+    /// Directory of model manifests (`<name>.toml`), relative to the working directory.
+    pub models_dir: PathBuf,
+    /// Where model files are installed; empty means `$TIERGATE_CACHE_DIR`, `$XDG_CACHE_HOME/tiergate`
+    /// or `~/.cache/tiergate`.
+    pub cache_dir: Option<PathBuf>,
+    /// Install missing model files on start (verified by sha256) instead of failing.
+    pub fetch_on_start: bool,
+    pub limits: Limits,
+    pub models: Vec<ModelConfig>,
+}
+
+/// Bounds on every request, so that no input can hold the gateway hostage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Longest prompt in tokens (also capped by each model's context length).
+    pub max_prompt_tokens: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_output_tokens: usize,
+    /// `max_tokens` when a request gives none (capped by what the context has left).
+    pub default_max_tokens: usize,
+    /// Most inputs in one embeddings request.
+    pub max_embedding_inputs: usize,
+    /// Longest a request may wait in a model's queue before it is answered 503.
+    pub queue_timeout_secs: u64,
+    /// Longest a whole request may take; a stream past it ends with an error event.
+    pub request_timeout_secs: u64,
+    /// On shutdown, how long running requests may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model id; its manifest is `<models_dir>/<name>.toml` unless `manifest` says otherwise.
+    pub name: String,
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// Weight dtype override (see the manifest's `default_dtype`).
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Live sequences one replica decodes together (its KV slots).
+    #[serde(default = "default_batch")]
+    pub max_batch_size: usize,
+    /// KV capacity of one slot in tokens (prompt + output); capped by the context length.
+    #[serde(default = "default_seq_len")]
+    pub max_seq_len: usize,
+    /// Requests waiting for this model beyond which new ones get 503 at once.
+    #[serde(default = "default_queue")]
+    pub max_queue: usize,
+    #[serde(default = "default_replicas")]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// `cpu` or `cuda:N` (the latter needs a build with the `cuda` feature).
+    pub device: String,
+    /// CPU compute threads. candle's CPU pool is process-wide, so CPU replicas share one pool
+    /// sized by the largest value here; 0 means one per physical core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_batch() -> usize {
+    4
+}
+fn default_seq_len() -> usize {
+    4096
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_replicas() -> Vec<ReplicaConfig> {
+    vec![ReplicaConfig {
+        device: "cpu".into(),
+        threads: 0,
+    }]
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_prompt_tokens: 4096,
+            max_output_tokens: 2048,
+            default_max_tokens: 256,
+            max_embedding_inputs: 256,
+            queue_timeout_secs: 30,
+            request_timeout_secs: 600,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn named(name: &str) -> Self {
+        ModelConfig {
+            name: name.into(),
+            manifest: None,
+            dtype: None,
+            max_batch_size: default_batch(),
+            max_seq_len: default_seq_len(),
+            max_queue: default_queue(),
+            replicas: default_replicas(),
+        }
+    }
+
+    pub fn manifest_path(&self, models_dir: &Path) -> PathBuf {
+        self.manifest
+            .clone()
+            .unwrap_or_else(|| models_dir.join(format!("{}.toml", self.name)))
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults: the two small models of `models/`, one CPU replica each.
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models_dir: PathBuf::from("models"),
+            cache_dir: None,
+            fetch_on_start: true,
+            limits: Limits::default(),
+            models: vec![
+                ModelConfig::named("smollm2-135m-instruct"),
+                ModelConfig::named("all-minilm-l6-v2"),
+            ],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `env` (pairs like `("TIERGATE_LIMITS__MAX_BODY_BYTES",
+    /// "1000")`: `__` separates nested keys) and returns the validated result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, raw) in env {
+            apply_env(&mut value, &key, &raw)?;
+        }
+        // Re-parse as text so that errors point at the offending key and line.
+        let text = toml::to_string(&value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(crate::models::default_cache_dir)
+    }
+
+    /// Threads for candle's process-wide CPU pool (0 = candle's default).
+    pub fn cpu_threads(&self) -> usize {
+        let replicas = self.models.iter().flat_map(|m| &m.replicas);
+        replicas
+            .filter(|r| r.device == "cpu")
+            .map(|r| r.threads)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("`{key}` {why}")));
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_prompt_tokens", l.max_prompt_tokens),
+            ("limits.max_output_tokens", l.max_output_tokens),
+            ("limits.default_max_tokens", l.default_max_tokens),
+            ("limits.max_embedding_inputs", l.max_embedding_inputs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
+        }
+        if l.default_max_tokens > l.max_output_tokens {
+            return bad(
+                "limits.default_max_tokens",
+                "must not exceed limits.max_output_tokens",
+            );
+        }
+        if l.queue_timeout_secs == 0 || l.request_timeout_secs == 0 {
+            return bad("limits.*_timeout_secs", "must be positive");
+        }
+        if self.models.is_empty() {
+            return bad("models", "must list at least one model");
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |field: &str| format!("models[{i}].{field}");
+            if self.models[..i].iter().any(|o| o.name == m.name) {
+                return bad(
+                    &key("name"),
+                    &format!("repeats the model name {:?}", m.name),
+                );
+            }
+            if m.max_batch_size == 0 || m.max_queue == 0 || m.max_seq_len < 2 {
+                return bad(
+                    &key("max_batch_size/max_queue/max_seq_len"),
+                    "must be positive",
+                );
+            }
+            if m.replicas.is_empty() {
+                return bad(&key("replicas"), "must list at least one replica");
+            }
+            for (j, r) in m.replicas.iter().enumerate() {
+                if let Err(e) = crate::backend::device::DeviceSpec::parse(&r.device) {
+                    return bad(&key(&format!("replicas[{j}].device")), &e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets one nested key from an environment variable. The value is read as TOML when it parses
+/// (numbers, booleans, arrays), otherwise as a plain string.
+fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let Some(rest) = var.strip_prefix("TIERGATE_") else {
+        return Ok(());
+    };
+    if NON_KEY_VARS.contains(&var) || rest.is_empty() {
+        return Ok(());
+    }
+    let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut table = root;
+    for part in &path[..path.len() - 1] {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("{var}: `{part}` is not a table")))?;
+    }
+    table.insert(path[path.len() - 1].clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tiergate.toml");
+        let config = Config::load(Some(&path), env(&[])).expect("valid");
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.models.len(), defaults.models.len());
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("TIERGATE_LIMITS__MAX_BODY_BYTES", "1234"),
+                ("TIERGATE_LISTEN", "127.0.0.1:9"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.limits.max_body_bytes, 1234);
+        assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
+    fn wrong_type_names_the_offending_key() {
+        let err = Config::load(None, env(&[("TIERGATE_LIMITS__MAX_BODY_BYTES", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::load(None, env(&[("TIERGATE_LIMITS__MAX_BODY", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body"), "{err}");
+    }
+
+    #[test]
+    fn default_max_tokens_above_the_cap_is_rejected() {
+        let err = Config::load(
+            None,
+            env(&[("TIERGATE_LIMITS__DEFAULT_MAX_TOKENS", "99999")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.default_max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn bad_device_is_rejected_with_its_replica() {
+        let mut config = Config::default();
+        config.models[0].replicas[0].device = "tpu:0".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("models[0].replicas[0].device"), "{err}");
+    }
+}
