@@ -1,0 +1,229 @@
+//! Llama-family decoder with per-sequence KV slots, built from candle ops.
+//!
+//! candle-transformers' llama models keep one KV cache for the whole batch and one position
+//! offset for all rows, so their rows must move in lockstep. Continuous batching needs the
+//! opposite: sequences at different positions, joining and leaving between steps. Here each
+//! sequence lives in a numbered slot (its own K/V per layer and its own length, see `kv`);
+//! one step flattens the new tokens of all scheduled sequences into `[tokens, hidden]`
+//! matrices so that every projection is one matmul for the whole batch, and only RoPE
+//! positions and attention are per sequence (see `attention`).
+//!
+//! Weights come from GGUF (llama.cpp layout, interleaved RoPE) or from a Hugging Face
+//! safetensors directory (non-interleaved RoPE); see `weights` and `config`.
+
+mod attention;
+mod config;
+mod forward;
+mod kv;
+mod weights;
+
+#[cfg(test)]
+mod tests_gguf;
+#[cfg(test)]
+mod tests_safetensors;
+
+use super::{BackendError, Generator, GeneratorSpec, Result};
+use attention::Rope;
+use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::{DType, Device};
+use config::LlamaConfig;
+use forward::Segment;
+use kv::{KvLayout, SlotKv};
+use std::path::Path;
+use weights::Weights;
+
+/// Longest piece of a prompt that one forward pass processes. Attention scores of a chunk
+/// take `heads × chunk × context` floats (9 × 512 × 8192 × 4 B ≈ 150 MB for SmolLM2 at full
+/// context), so longer prompts are split instead of allocating that quadratically.
+const PREFILL_CHUNK: usize = 512;
+
+/// How a model is loaded and how much sequence state it may hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaOptions {
+    /// Sequences that can be live at once (KV slots).
+    pub max_slots: usize,
+    /// Longest sequence (prompt + output) per slot; capped by the model's context length.
+    pub max_seq_len: usize,
+    /// On CPU, re-encode quantized weights to this format at load (e.g. Q4_1 -> Q8_0, which
+    /// has SIMD kernels in candle). `None` keeps the file's formats. Ignored on GPUs.
+    pub cpu_weight_format: Option<GgmlDType>,
+}
+
+/// A loaded llama-family model and its KV slots. Owned by one worker thread.
+pub struct LlamaModel {
+    spec: GeneratorSpec,
+    cfg: LlamaConfig,
+    weights: Weights,
+    rope: Rope,
+    kv_layout: KvLayout,
+    slots: Vec<SlotKv>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Loads a llama GGUF file (metadata keys `llama.*`).
+pub fn load_gguf(path: &Path, device: &Device, opts: &LlamaOptions) -> Result<LlamaModel> {
+    let io_err = |e: std::io::Error| BackendError::Files(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| BackendError::Files(format!("{}: {e}", path.display())))?;
+    let cfg = LlamaConfig::from_gguf(&content, &mut file)?;
+    let weights = weights::from_gguf(&content, &mut file, &cfg, device, opts.cpu_weight_format)?;
+    LlamaModel::new(cfg, weights, DType::F32, device, opts)
+}
+
+/// Loads a Hugging Face llama checkpoint: `config.json` plus `*.safetensors` in `dir`.
+/// Activations, KV and dense weights use `dtype`.
+pub fn load_safetensors(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    opts: &LlamaOptions,
+) -> Result<LlamaModel> {
+    if device.is_cpu() && dtype == DType::BF16 {
+        // candle's CPU gemm has no bf16 kernel; attention would fail on the first step.
+        return Err(BackendError::Device(
+            "bf16 is not supported on CPU; use f32 or f16".into(),
+        ));
+    }
+    let config_path = dir.join("config.json");
+    let json = std::fs::read_to_string(&config_path)
+        .map_err(|e| BackendError::Files(format!("{}: {e}", config_path.display())))?;
+    let (cfg, tied) = LlamaConfig::from_hf_json(&json)?;
+    let weights =
+        weights::from_safetensors(dir, &cfg, tied, dtype, device, opts.cpu_weight_format)?;
+    LlamaModel::new(cfg, weights, dtype, device, opts)
+}
+
+impl LlamaModel {
+    fn new(
+        cfg: LlamaConfig,
+        weights: Weights,
+        dtype: DType,
+        device: &Device,
+        opts: &LlamaOptions,
+    ) -> Result<Self> {
+        if opts.max_slots == 0 || opts.max_seq_len == 0 {
+            return Err(BackendError::Files(
+                "max_slots and max_seq_len must be positive".into(),
+            ));
+        }
+        let max_seq_len = opts.max_seq_len.min(cfg.context_length);
+        let rope = Rope::new(
+            &cfg.rope_inv_freq,
+            max_seq_len,
+            cfg.rope_interleaved,
+            dtype,
+            device,
+        )?;
+        let kv_layout = KvLayout {
+            n_layers: cfg.n_layers,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            max_seq_len,
+            dtype,
+            device: device.clone(),
+        };
+        Ok(Self {
+            spec: GeneratorSpec {
+                vocab_size: cfg.vocab_size,
+                max_seq_len,
+                max_slots: opts.max_slots,
+            },
+            cfg,
+            weights,
+            rope,
+            kv_layout,
+            slots: (0..opts.max_slots).map(|_| SlotKv::default()).collect(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Checks that `slot` exists, has room for `tokens`, and that they are in the
+    /// vocabulary (an out-of-range id would fail deep inside the embedding lookup).
+    fn check_append(&self, slot: usize, tokens: &[u32]) -> Result<()> {
+        let slot_err = |reason: String| Err(BackendError::Slot { slot, reason });
+        let Some(kv) = self.slots.get(slot) else {
+            return slot_err(format!("no such slot (have {})", self.slots.len()));
+        };
+        if tokens.is_empty() {
+            return slot_err("no tokens to append".into());
+        }
+        let needed = kv.len() + tokens.len();
+        if needed > self.spec.max_seq_len {
+            return slot_err(format!(
+                "{} tokens would exceed max_seq_len {}",
+                needed, self.spec.max_seq_len
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|t| **t as usize >= self.cfg.vocab_size) {
+            return slot_err(format!("token id {bad} is outside the vocabulary"));
+        }
+        Ok(())
+    }
+}
+
+impl Generator for LlamaModel {
+    fn spec(&self) -> &GeneratorSpec {
+        &self.spec
+    }
+
+    fn prefill(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_append(slot, tokens)?;
+        let mut logits = None;
+        let chunks = tokens.chunks(PREFILL_CHUNK);
+        let n_chunks = chunks.len();
+        for (i, chunk) in chunks.enumerate() {
+            let start = self.slots[slot].len();
+            let segment = Segment {
+                slot,
+                tokens: chunk,
+                start,
+            };
+            logits = self.run(&[segment], i + 1 == n_chunks)?;
+        }
+        let logits = logits.ok_or_else(|| BackendError::Slot {
+            slot,
+            reason: "prefill produced no logits".into(),
+        })?;
+        Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    fn decode(&mut self, batch: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, (slot, token)) in batch.iter().enumerate() {
+            self.check_append(*slot, std::slice::from_ref(token))?;
+            if batch[..i].iter().any(|(s, _)| s == slot) {
+                return Err(BackendError::Slot {
+                    slot: *slot,
+                    reason: "slot appears twice in one decode step".into(),
+                });
+            }
+        }
+        let segments: Vec<Segment<'_>> = batch
+            .iter()
+            .map(|(slot, token)| Segment {
+                slot: *slot,
+                tokens: std::slice::from_ref(token),
+                start: self.slots[*slot].len(),
+            })
+            .collect();
+        let logits = self
+            .run(&segments, true)?
+            .ok_or_else(|| BackendError::Slot {
+                slot: batch[0].0,
+                reason: "decode produced no logits".into(),
+            })?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    fn release(&mut self, slot: usize) {
+        match self.slots.get_mut(slot) {
+            Some(kv) => kv.reset(),
+            None => tracing::warn!(slot, "release of a slot that does not exist"),
+        }
+    }
+}
