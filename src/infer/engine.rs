@@ -1,0 +1,413 @@
+//! Start-up of every configured model: manifests, verified files, tokenizers and templates,
+//! queues, and one worker thread per replica that loads its model and reports back.
+
+use super::embed::{self, EmbedModel};
+use super::gen_worker::{self, WorkerContext};
+use super::generate::GenerateModel;
+use super::InferError;
+use crate::backend::chat_template::ChatTemplate;
+use crate::backend::device::DeviceSpec;
+use crate::backend::{bert, gguf_tokenizer, llama, BackendError, Embedder, Generator};
+use crate::config::{Config, ModelConfig};
+use crate::models::{self, Manifest, ModelKind, WeightFormat};
+use anyhow::{anyhow, bail, Context};
+use candle_core::quantized::GgmlDType;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Clone)]
+pub enum ModelHandle {
+    Generate(Arc<GenerateModel>),
+    Embed(Arc<EmbedModel>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LoadState {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// One replica as seen from outside its thread.
+pub struct ReplicaInfo {
+    pub model: String,
+    pub index: usize,
+    pub device: String,
+    state: watch::Receiver<LoadState>,
+}
+
+impl ReplicaInfo {
+    pub fn is_ready(&self) -> bool {
+        *self.state.borrow() == LoadState::Ready
+    }
+}
+
+/// Every model of the gateway. Dropping it closes the queues, which ends the worker threads.
+pub struct Engine {
+    models: BTreeMap<String, ModelHandle>,
+    pub replicas: Vec<ReplicaInfo>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What a replica thread needs to load its model.
+struct LoadSpec {
+    manifest: Manifest,
+    dir: PathBuf,
+    dtype: String,
+    max_slots: usize,
+    max_seq_len: usize,
+    device: DeviceSpec,
+    replica: String,
+}
+
+impl Engine {
+    /// Prepares every model and starts the replica threads; returns before they finish
+    /// loading (see `wait_ready`). With `fetch`, missing model files are installed first.
+    pub fn start(config: &Config, fetch: bool) -> anyhow::Result<Engine> {
+        let mut engine = Engine {
+            models: BTreeMap::new(),
+            replicas: Vec::new(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for mc in &config.models {
+            let manifest =
+                Manifest::load(&mc.manifest_path(&config.models_dir)).map_err(|e| anyhow!(e))?;
+            if manifest.name != mc.name {
+                bail!(
+                    "model {:?}: its manifest names {:?}",
+                    mc.name,
+                    manifest.name
+                );
+            }
+            let cache = config.cache_dir();
+            let dir = if fetch {
+                models::fetch(&manifest, &cache, &mut |line| tracing::info!("{line}"))?
+            } else {
+                models::resolve(&manifest, &cache)?
+            };
+            let handle = match manifest.kind {
+                ModelKind::Generate => {
+                    ModelHandle::Generate(engine.start_generate(config, mc, manifest, dir)?)
+                }
+                ModelKind::Embed => {
+                    ModelHandle::Embed(engine.start_embed(config, mc, manifest, dir)?)
+                }
+            };
+            engine.models.insert(mc.name.clone(), handle);
+        }
+        Ok(engine)
+    }
+
+    pub fn model(&self, name: &str) -> Result<&ModelHandle, InferError> {
+        self.models
+            .get(name)
+            .ok_or_else(|| InferError::UnknownModel(name.to_string()))
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = (&String, &ModelHandle)> {
+        self.models.iter()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.replicas.iter().all(ReplicaInfo::is_ready)
+    }
+
+    /// Waits until every replica has loaded; the first load error ends the wait.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        for r in &self.replicas {
+            let mut state = r.state.clone();
+            let settled = state.wait_for(|s| *s != LoadState::Loading).await;
+            let settled = settled
+                .map(|s| s.clone())
+                .map_err(|_| anyhow!("replica thread vanished"));
+            if let LoadState::Failed(e) = settled? {
+                bail!(
+                    "replica {}#{} on {} failed to load: {e}",
+                    r.model,
+                    r.index,
+                    r.device
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the queues and joins the replica threads (each finishes its running batch).
+    pub fn shutdown(mut self) {
+        self.models.clear();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn start_generate(
+        &mut self,
+        config: &Config,
+        mc: &ModelConfig,
+        manifest: Manifest,
+        dir: PathBuf,
+    ) -> anyhow::Result<Arc<GenerateModel>> {
+        let assets = TextAssets::load(&manifest, &dir)?;
+        let tokenizer = Arc::new(assets.tokenizer);
+        // Every queued request is bounded by this capacity: beyond it, 503 at once.
+        let (tx, rx) = mpsc::channel(mc.max_queue);
+        let queue = Arc::new(Mutex::new(rx));
+        let context_length = manifest.context_length.min(mc.max_seq_len);
+        let ctx = Arc::new(WorkerContext {
+            name: mc.name.clone(),
+            tokenizer: tokenizer.clone(),
+            eos_ids: assets.eos_ids,
+            queue,
+        });
+        for spec in self.load_specs(mc, &manifest, &dir, context_length)? {
+            let ctx = ctx.clone();
+            self.spawn(spec, move |spec| {
+                let mut model = load_generator(spec)?;
+                Ok(Box::new(move || gen_worker::run(&mut *model, &ctx)))
+            })?;
+        }
+        Ok(Arc::new(GenerateModel {
+            name: mc.name.clone(),
+            tokenizer,
+            template: assets.template.map(Arc::new),
+            context_length,
+            limits: config.limits.clone(),
+            queue: tx,
+        }))
+    }
+
+    fn start_embed(
+        &mut self,
+        config: &Config,
+        mc: &ModelConfig,
+        manifest: Manifest,
+        dir: PathBuf,
+    ) -> anyhow::Result<Arc<EmbedModel>> {
+        let tokenizer = Arc::new(bert::load_tokenizer(&dir)?);
+        let dim = read_hidden_size(&dir)?;
+        let (tx, rx) = mpsc::channel(mc.max_queue);
+        let queue = Arc::new(Mutex::new(rx));
+        for spec in self.load_specs(mc, &manifest, &dir, manifest.context_length)? {
+            let (queue, name) = (queue.clone(), mc.name.clone());
+            self.spawn(spec, move |spec| {
+                let device = spec.device.open(&spec.replica)?;
+                let mut model: Box<dyn Embedder> = Box::new(bert::load(&spec.dir, &device)?);
+                Ok(Box::new(move || embed::run(&mut *model, &name, &queue)))
+            })?;
+        }
+        Ok(Arc::new(EmbedModel {
+            name: mc.name.clone(),
+            tokenizer,
+            max_tokens: manifest.context_length,
+            dim,
+            limits: config.limits.clone(),
+            queue: tx,
+        }))
+    }
+
+    fn load_specs(
+        &self,
+        mc: &ModelConfig,
+        manifest: &Manifest,
+        dir: &Path,
+        max_seq_len: usize,
+    ) -> anyhow::Result<Vec<LoadSpec>> {
+        let dtype = mc
+            .dtype
+            .clone()
+            .unwrap_or_else(|| manifest.default_dtype.clone());
+        check_dtype(manifest.format, &dtype).with_context(|| format!("model {}", mc.name))?;
+        let mut specs = Vec::new();
+        for (i, r) in mc.replicas.iter().enumerate() {
+            let device = DeviceSpec::parse(&r.device)
+                .map_err(|e| anyhow!("model {} replica {i}: {e}", mc.name))?;
+            specs.push(LoadSpec {
+                manifest: manifest.clone(),
+                dir: dir.to_path_buf(),
+                dtype: dtype.clone(),
+                max_slots: mc.max_batch_size,
+                max_seq_len,
+                device,
+                replica: format!("{}#{i}", mc.name),
+            });
+        }
+        Ok(specs)
+    }
+
+    /// Starts one replica thread: it loads the model (`load`), reports ready or the load
+    /// error (the thread then ends: no zombie), and runs the returned serving loop.
+    fn spawn(
+        &mut self,
+        spec: LoadSpec,
+        load: impl FnOnce(&LoadSpec) -> Result<Box<dyn FnOnce() + Send>, BackendError> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (state_tx, state_rx) = watch::channel(LoadState::Loading);
+        self.replicas.push(ReplicaInfo {
+            model: spec.manifest.name.clone(),
+            index: self
+                .replicas
+                .iter()
+                .filter(|r| r.model == spec.manifest.name)
+                .count(),
+            device: spec.device.to_string(),
+            state: state_rx,
+        });
+        let handle = std::thread::Builder::new()
+            .name(spec.replica.clone())
+            .spawn(move || match load(&spec) {
+                Ok(serve) => {
+                    tracing::info!(replica = %spec.replica, device = %spec.device, "replica ready");
+                    state_tx.send_replace(LoadState::Ready);
+                    serve();
+                }
+                Err(e) => {
+                    tracing::error!(replica = %spec.replica, error = %e, "replica failed to load");
+                    state_tx.send_replace(LoadState::Failed(e.to_string()));
+                }
+            })
+            .context("cannot spawn a replica thread")?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        Ok(())
+    }
+}
+
+fn load_generator(spec: &LoadSpec) -> Result<Box<dyn Generator>, BackendError> {
+    let device = spec.device.open(&spec.replica)?;
+    let opts = llama::LlamaOptions {
+        max_slots: spec.max_slots,
+        max_seq_len: spec.max_seq_len,
+        cpu_weight_format: gguf_dtype(&spec.dtype),
+    };
+    let weights = spec
+        .manifest
+        .file("weights")
+        .ok_or_else(|| BackendError::Files("manifest lists no weights file".into()))?;
+    Ok(match spec.manifest.format {
+        WeightFormat::Gguf => Box::new(llama::load_gguf(
+            &spec.dir.join(&weights.path),
+            &device,
+            &opts,
+        )?),
+        WeightFormat::Safetensors => {
+            let dtype = float_dtype(&spec.dtype).unwrap_or(candle_core::DType::F32);
+            Box::new(llama::load_safetensors(&spec.dir, &device, dtype, &opts)?)
+        }
+    })
+}
+
+fn gguf_dtype(name: &str) -> Option<GgmlDType> {
+    match name {
+        "q8_0" => Some(GgmlDType::Q8_0),
+        "q4_0" => Some(GgmlDType::Q4_0),
+        "f16" => Some(GgmlDType::F16),
+        "f32" => Some(GgmlDType::F32),
+        _ => None,
+    }
+}
+
+fn float_dtype(name: &str) -> Option<candle_core::DType> {
+    match name {
+        "f32" => Some(candle_core::DType::F32),
+        "f16" => Some(candle_core::DType::F16),
+        "bf16" => Some(candle_core::DType::BF16),
+        _ => None,
+    }
+}
+
+fn check_dtype(format: WeightFormat, dtype: &str) -> anyhow::Result<()> {
+    let ok = match format {
+        WeightFormat::Gguf => dtype == "native" || gguf_dtype(dtype).is_some(),
+        WeightFormat::Safetensors => float_dtype(dtype).is_some(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        bail!("dtype {dtype:?} is not available for {format:?} weights")
+    }
+}
+
+fn read_hidden_size(dir: &Path) -> anyhow::Result<usize> {
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)?;
+    value["hidden_size"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| anyhow!("{} has no hidden_size", path.display()))
+}
+
+/// Tokenizer, chat template and end-of-sequence ids of a generation model.
+struct TextAssets {
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    eos_ids: Vec<u32>,
+}
+
+impl TextAssets {
+    fn load(manifest: &Manifest, dir: &Path) -> anyhow::Result<Self> {
+        let (tokenizer, gguf_template, bos, mut eos_ids) = match manifest.format {
+            WeightFormat::Gguf => {
+                let weights = manifest
+                    .file("weights")
+                    .ok_or_else(|| anyhow!("no weights file"))?;
+                let path = dir.join(&weights.path);
+                let mut file = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+                    .with_context(|| format!("reading GGUF metadata of {}", path.display()))?;
+                let info = gguf_tokenizer::chat_info(&content)?;
+                let tokenizer = gguf_tokenizer::tokenizer_from_gguf(&content)?;
+                (
+                    tokenizer,
+                    info.chat_template,
+                    info.bos_token,
+                    info.eos_token_ids,
+                )
+            }
+            WeightFormat::Safetensors => {
+                let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+                    .map_err(|e| anyhow!("tokenizer.json: {e}"))?;
+                (tokenizer, None, None, Vec::new())
+            }
+        };
+        for token in &manifest.eos_tokens {
+            let id = tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| anyhow!("eos token {token:?} is not in the vocabulary"))?;
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        let source = match manifest.chat_template.as_deref() {
+            None => None,
+            Some("gguf") => {
+                Some(gguf_template.ok_or_else(|| anyhow!("the GGUF has no chat template"))?)
+            }
+            Some(text) => match manifest.manifest_dir.join(text) {
+                path if path.is_file() => Some(std::fs::read_to_string(path)?),
+                _ => Some(text.to_string()),
+            },
+        };
+        let eos_text = eos_ids
+            .first()
+            .and_then(|&id| tokenizer.id_to_token(id))
+            .unwrap_or_default();
+        let template = source
+            .map(|src| ChatTemplate::new(&src, bos.as_deref().unwrap_or(""), &eos_text))
+            .transpose()?;
+        Ok(TextAssets {
+            tokenizer,
+            template,
+            eos_ids,
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! The async face of a generation model: validate and tokenize, enqueue without waiting,
+//! and hand back a stream of events.
+
+use super::gen_worker::GenJob;
+use super::{blocking, InferError, SamplingParams};
+use crate::backend::chat_template::{ChatMessage, ChatTemplate};
+use crate::config::Limits;
+use std::sync::Arc;
+use std::time::Duration;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenized as is.
+    Text(String),
+    /// Token ids, used as is.
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: PromptInput,
+    /// None: the configured default, capped by what the context has left.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks with fixed output lengths).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Events from the worker to one request, in order: `Admitted`, any number of `Delta`, then
+/// exactly one of `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum GenEvent {
+    Admitted,
+    Delta(String),
+    Finished {
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(InferError),
+}
+
+/// The running request. Dropping it cancels the generation: the worker notices the closed
+/// channel before its next step and frees the sequence's slot.
+pub struct GenStream {
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    rx: mpsc::Receiver<GenEvent>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl GenStream {
+    /// The next event; `None` after the last. Past the request deadline it yields a
+    /// `Failed(RequestTimeout)` and ends, which also cancels the work.
+    pub async fn next(&mut self) -> Option<GenEvent> {
+        match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+            Ok(Some(event)) => Some(event),
+            Ok(None) => None,
+            Err(_) => {
+                self.rx.close();
+                Some(GenEvent::Failed(InferError::RequestTimeout(self.timeout)))
+            }
+        }
+    }
+}
+
+/// A generation model as the HTTP layer sees it. Cheap to share behind an `Arc`.
+pub struct GenerateModel {
+    pub name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Option<Arc<ChatTemplate>>,
+    /// Longest prompt + output, the smaller of the model's context and a slot's capacity.
+    pub context_length: usize,
+    pub(crate) limits: Limits,
+    pub(crate) queue: mpsc::Sender<GenJob>,
+}
+
+impl GenerateModel {
+    /// Tokenizes the prompt, checks every bound, and enqueues the request. Returns once a
+    /// replica has admitted it, or at once with an error: 503 when the queue is full, 503
+    /// after `queue_timeout` if no replica took it, 400 for a prompt that cannot fit.
+    pub async fn submit(&self, req: GenRequest) -> Result<GenStream, InferError> {
+        let prompt = self.tokenize(req.prompt.clone(), true).await?;
+        let max_tokens = self.check_lengths(prompt.len(), req.max_tokens)?;
+        // Room for every event the request can produce, so the worker's sends never block
+        // a batch: one delta per token at most, plus Admitted and the final event.
+        let (tx, mut rx) = mpsc::channel(max_tokens + 2);
+        let queue_timeout = Duration::from_secs(self.limits.queue_timeout_secs);
+        let job = GenJob {
+            prompt,
+            max_tokens,
+            sampling: req.sampling,
+            stop: req.stop,
+            ignore_eos: req.ignore_eos,
+            queue_deadline: std::time::Instant::now() + queue_timeout,
+            events: tx,
+        };
+        let prompt_tokens = job.prompt.len();
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => InferError::Overloaded {
+                model: self.name.clone(),
+                retry_after: Duration::from_secs(1),
+            },
+            mpsc::error::TrySendError::Closed(_) => InferError::ShuttingDown,
+        })?;
+        match tokio::time::timeout(queue_timeout, rx.recv()).await {
+            Ok(Some(GenEvent::Admitted)) => {}
+            Ok(Some(GenEvent::Failed(e))) => return Err(e),
+            Ok(Some(other)) => {
+                return Err(InferError::Backend(format!(
+                    "unexpected first event {other:?}"
+                )))
+            }
+            Ok(None) => return Err(InferError::ShuttingDown),
+            Err(_) => {
+                return Err(InferError::QueueTimeout {
+                    model: self.name.clone(),
+                    waited: queue_timeout,
+                })
+            }
+        }
+        let timeout = Duration::from_secs(self.limits.request_timeout_secs);
+        Ok(GenStream {
+            prompt_tokens,
+            max_tokens,
+            rx,
+            deadline: Instant::now() + timeout,
+            timeout,
+        })
+    }
+
+    /// Prompt token ids. Chat prompts render the template; its text already holds the
+    /// special tokens, so none are added.
+    pub async fn tokenize(
+        &self,
+        input: PromptInput,
+        add_special: bool,
+    ) -> Result<Vec<u32>, InferError> {
+        let (text, add_special) = match input {
+            PromptInput::Tokens(ids) => return self.check_ids(ids, "prompt"),
+            PromptInput::Text(text) => (text, add_special),
+            PromptInput::Chat(messages) => (self.render_chat(&messages)?, false),
+        };
+        let tokenizer = self.tokenizer.clone();
+        blocking(move || {
+            tokenizer
+                .encode(text, add_special)
+                .map(|enc| enc.get_ids().to_vec())
+                .map_err(|e| {
+                    InferError::invalid(format!("cannot tokenize the prompt: {e}"), "prompt")
+                })
+        })
+        .await
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError> {
+        let template = self.template.as_ref().ok_or(InferError::WrongKind {
+            model: self.name.clone(),
+            what: "chat (it has no chat template)",
+        })?;
+        template
+            .render(messages, true)
+            .map_err(|e| InferError::invalid(e.to_string(), "messages"))
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, InferError> {
+        let ids = self.check_ids(ids.to_vec(), "tokens")?;
+        self.tokenizer
+            .decode(&ids, false)
+            .map_err(|e| InferError::invalid(format!("cannot detokenize: {e}"), "tokens"))
+    }
+
+    fn check_ids(&self, ids: Vec<u32>, param: &'static str) -> Result<Vec<u32>, InferError> {
+        let vocab = self.tokenizer.get_vocab_size(true) as u32;
+        match ids.iter().find(|&&id| id >= vocab) {
+            Some(bad) => Err(InferError::invalid(
+                format!("token id {bad} is outside the vocabulary (size {vocab})"),
+                param,
+            )),
+            None => Ok(ids),
+        }
+    }
+
+    /// Checks the prompt against the context and returns the output budget.
+    fn check_lengths(&self, prompt: usize, asked: Option<usize>) -> Result<usize, InferError> {
+        let limits = &self.limits;
+        if prompt == 0 {
+            return Err(InferError::invalid("The prompt is empty", "messages"));
+        }
+        let max_prompt = limits.max_prompt_tokens.min(self.context_length - 1);
+        if prompt > max_prompt {
+            return Err(InferError::ContextLength {
+                message: format!(
+                    "This model's maximum prompt length is {max_prompt} tokens. However, your prompt \
+                     has {prompt} tokens. Please shorten it."
+                ),
+                param: "messages",
+            });
+        }
+        let room = self.context_length - prompt;
+        match asked {
+            Some(0) => Err(InferError::invalid(
+                "max_tokens must be at least 1",
+                "max_tokens",
+            )),
+            Some(n) if n > room => Err(InferError::ContextLength {
+                message: format!(
+                    "This model's maximum context length is {} tokens. However, you requested {} \
+                     tokens ({prompt} in the messages, {n} in the completion). Please reduce the \
+                     length of the messages or completion.",
+                    self.context_length,
+                    prompt + n
+                ),
+                param: "max_tokens",
+            }),
+            Some(n) if n > limits.max_output_tokens => Err(InferError::invalid(
+                format!(
+                    "max_tokens is {n}, above this server's limit of {}",
+                    limits.max_output_tokens
+                ),
+                "max_tokens",
+            )),
+            Some(n) => Ok(n),
+            None => Ok(limits.default_max_tokens.min(room)),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The inference layer: validation and tokenization, per-model bounded queues, and the replica
+//! worker threads that own the models and run the scheduling loop.
+//!
+//! Async code talks to a model only through `GenerateModel::submit` and `EmbedModel::embed`;
+//! both return at once with 503 when the queue is full, and a dropped receiver cancels work.
+
+mod embed;
+mod engine;
+mod gen_worker;
+mod generate;
+pub mod sampling;
+pub mod text;
+
+pub use embed::{EmbedInput, EmbedModel, EmbedOutput};
+pub use engine::{Engine, ModelHandle, ReplicaInfo};
+pub use generate::{FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, PromptInput};
+pub use sampling::SamplingParams;
+
+use std::time::Duration;
+
+/// Errors of the inference layer; `error::ApiError` is their only mapping to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("The model `{0}` does not exist")]
+    UnknownModel(String),
+    #[error("The model `{model}` does not support {what}")]
+    WrongKind { model: String, what: &'static str },
+    #[error("{message}")]
+    ContextLength {
+        message: String,
+        param: &'static str,
+    },
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("The model `{model}` is overloaded: its queue is full; retry shortly")]
+    Overloaded {
+        model: String,
+        retry_after: Duration,
+    },
+    #[error("The request waited longer than {waited:?} in the queue of `{model}`; retry shortly")]
+    QueueTimeout { model: String, waited: Duration },
+    #[error("The request took longer than the limit of {0:?}")]
+    RequestTimeout(Duration),
+    #[error("The model `{0}` is not ready yet")]
+    NotReady(String),
+    #[error("The server is shutting down")]
+    ShuttingDown,
+    /// A model failure; the detail is logged, clients see a generic message.
+    #[error("model failure: {0}")]
+    Backend(String),
+}
+
+impl InferError {
+    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        InferError::Invalid {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+}
+
+/// Runs tokenizer work (CPU-bound, up to the body limit in size) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, InferError> + Send + 'static,
+) -> Result<T, InferError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InferError::Backend(format!("tokenizer task failed: {e}")))?
+}
