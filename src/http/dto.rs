@@ -1,0 +1,397 @@
+//! Request bodies of the OpenAI API, the parts of them every generation endpoint shares, and
+//! the checks that turn unsupported features into a 400 naming the field.
+
+use crate::backend::chat_template::ChatMessage;
+use crate::error::ApiError;
+use crate::infer::SamplingParams;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Most stop sequences one request may give (OpenAI allows 4; we are a little kinder).
+const MAX_STOPS: usize = 16;
+
+/// Sampling and length fields shared by chat and completions.
+#[derive(Debug, Default, Deserialize)]
+pub struct SamplingFields {
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Not in OpenAI's API; vLLM and llama-server accept it.
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    /// Not in OpenAI's API; for benchmarks that need fixed output lengths.
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SamplingFields {
+    pub fn max_tokens(&self) -> Option<usize> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn stops(&self) -> Result<Vec<String>, ApiError> {
+        let stops = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        if stops.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                format!("`stop` may hold at most {MAX_STOPS} sequences"),
+                "stop",
+            ));
+        }
+        Ok(stops)
+    }
+
+    pub fn sampling(&self) -> Result<SamplingParams, ApiError> {
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                "`temperature` must be between 0 and 2",
+                "temperature",
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("`top_p` must be in (0, 1]", "top_p"));
+        }
+        let top_k = match self.top_k {
+            None | Some(-1) => 0,
+            Some(k) if k >= 0 => k as usize,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "`top_k` must be -1, 0 or positive",
+                    "top_k",
+                ))
+            }
+        };
+        // Without a seed each request draws its own; with one, the same seed gives the same text.
+        let seed = self.seed.map(|s| s as u64).unwrap_or_else(rand::random);
+        Ok(SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            seed,
+        })
+    }
+}
+
+/// Fields of OpenAI's API this server does not implement. Each is accepted at its neutral
+/// value and otherwise answered with a 400 that names it, never silently ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct UnsupportedFields {
+    n: Option<u32>,
+    best_of: Option<u32>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<u32>,
+    echo: Option<bool>,
+    suffix: Option<String>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    functions: Option<Vec<Value>>,
+    function_call: Option<Value>,
+    response_format: Option<Value>,
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    audio: Option<Value>,
+    prediction: Option<Value>,
+}
+
+impl UnsupportedFields {
+    pub fn check(&self) -> Result<(), ApiError> {
+        let checks: [(&str, bool, &str); 14] = [
+            ("n", self.n.is_some_and(|n| n != 1), "only n=1 is served"),
+            (
+                "best_of",
+                self.best_of.is_some_and(|n| n != 1),
+                "only best_of=1 is served",
+            ),
+            (
+                "logprobs",
+                self.logprobs.as_ref().is_some_and(is_set),
+                "log-probabilities are not returned",
+            ),
+            (
+                "top_logprobs",
+                self.top_logprobs.is_some_and(|n| n > 0),
+                "log-probabilities are not returned",
+            ),
+            ("echo", self.echo == Some(true), "the prompt is not echoed"),
+            (
+                "suffix",
+                self.suffix.as_ref().is_some_and(|s| !s.is_empty()),
+                "no insertion mode",
+            ),
+            (
+                "tools",
+                self.tools.as_ref().is_some_and(|t| !t.is_empty()),
+                "no tool calling",
+            ),
+            (
+                "tool_choice",
+                self.tool_choice.as_ref().is_some_and(|c| c != "none"),
+                "no tool calling",
+            ),
+            (
+                "functions",
+                self.functions.as_ref().is_some_and(|f| !f.is_empty()),
+                "no function calling",
+            ),
+            (
+                "function_call",
+                self.function_call.as_ref().is_some_and(|c| c != "none"),
+                "no function calling",
+            ),
+            (
+                "response_format",
+                self.response_format
+                    .as_ref()
+                    .is_some_and(|f| f["type"] != "text"),
+                "only text output",
+            ),
+            (
+                "logit_bias",
+                self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
+                "no logit bias",
+            ),
+            (
+                "presence_penalty",
+                self.presence_penalty.is_some_and(|p| p != 0.0),
+                "no penalties",
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty.is_some_and(|p| p != 0.0),
+                "no penalties",
+            ),
+        ];
+        for (field, used, why) in checks {
+            if used {
+                return Err(ApiError::unsupported(field, why));
+            }
+        }
+        if self.audio.is_some() || self.prediction.is_some() {
+            let field = if self.audio.is_some() {
+                "audio"
+            } else {
+                "prediction"
+            };
+            return Err(ApiError::unsupported(field, "text only"));
+        }
+        Ok(())
+    }
+}
+
+fn is_set(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false)) && v != &Value::from(0)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<InMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub unsupported: UnsupportedFields,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl ChatRequest {
+    /// The conversation as plain-text messages for the chat template.
+    pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        chat_messages(&self.messages)
+    }
+}
+
+/// The conversation as plain-text messages for the chat template.
+pub fn chat_messages(messages: &[InMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "`messages` must not be empty",
+            "messages",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.flatten(i))
+        .collect()
+}
+
+impl InMessage {
+    fn flatten(&self, i: usize) -> Result<ChatMessage, ApiError> {
+        let role = match self.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            "tool" | "function" => {
+                return Err(ApiError::unsupported(
+                    &format!("messages[{i}].role"),
+                    "no tool messages",
+                ))
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!("unknown role {other:?}"),
+                    &format!("messages[{i}].role"),
+                ))
+            }
+        };
+        if self.tool_calls.is_some() {
+            return Err(ApiError::unsupported(
+                &format!("messages[{i}].tool_calls"),
+                "no tool calling",
+            ));
+        }
+        let content = match &self.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        _ => {
+                            let param = format!("messages[{i}].content[{j}]");
+                            return Err(ApiError::unsupported(
+                                &param,
+                                "only text parts are served",
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        Ok(ChatMessage {
+            role: role.to_string(),
+            content,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub unsupported: UnsupportedFields,
+}
+
+/// OpenAI allows a string, token ids, or a list of either; a list means one completion per
+/// prompt, which we refuse like `n > 1` unless it holds exactly one prompt.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// Not in OpenAI's API (TEI has it): cut inputs at the model's limit instead of failing.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+    Texts(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub model: String,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<InMessage>>,
+    #[serde(default = "yes")]
+    pub add_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub model: String,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Route handlers.
+
+use super::dto::{
+    chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
+    EmbeddingRequest, PromptField, TokenizeRequest,
+};
+use super::extract::ApiJson;
+use super::generation::{respond, Call, Shape};
+use super::AppState;
+use crate::error::ApiError;
+use crate::infer::{
+    EmbedInput, EmbedModel, GenRequest, GenerateModel, InferError, ModelHandle, PromptInput,
+};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type AppResult = Result<Response, ApiError>;
+
+fn generator<'a>(state: &'a AppState, name: &str) -> Result<&'a GenerateModel, ApiError> {
+    match state.engine.model(name)? {
+        ModelHandle::Generate(m) => Ok(m),
+        ModelHandle::Embed(_) => Err(InferError::WrongKind {
+            model: name.to_string(),
+            what: "text generation (it is an embedding model)",
+        }
+        .into()),
+    }
+}
+
+fn embedder<'a>(state: &'a AppState, name: &str) -> Result<&'a EmbedModel, ApiError> {
+    match state.engine.model(name)? {
+        ModelHandle::Embed(m) => Ok(m),
+        ModelHandle::Generate(_) => Err(InferError::WrongKind {
+            model: name.to_string(),
+            what: "embeddings (it is a generation model)",
+        }
+        .into()),
+    }
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> AppResult {
+    req.unsupported.check()?;
+    let model = generator(&state, &req.model)?;
+    let gen = GenRequest {
+        prompt: PromptInput::Chat(req.messages()?),
+        max_tokens: req.sampling.max_tokens(),
+        sampling: req.sampling.sampling()?,
+        stop: req.sampling.stops()?,
+        ignore_eos: req.sampling.ignore_eos,
+    };
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    respond(
+        model,
+        gen,
+        Call::new(&req.model, Shape::Chat, include_usage),
+        req.stream,
+    )
+    .await
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> AppResult {
+    req.unsupported.check()?;
+    let model = generator(&state, &req.model)?;
+    let prompt = match req.prompt {
+        PromptField::Text(t) => PromptInput::Text(t),
+        PromptField::Tokens(ids) => PromptInput::Tokens(ids),
+        PromptField::Texts(mut v) if v.len() == 1 => PromptInput::Text(v.remove(0)),
+        PromptField::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
+        _ => return Err(ApiError::unsupported("prompt", "one prompt per request")),
+    };
+    let gen = GenRequest {
+        prompt,
+        max_tokens: req.sampling.max_tokens(),
+        sampling: req.sampling.sampling()?,
+        stop: req.sampling.stops()?,
+        ignore_eos: req.sampling.ignore_eos,
+    };
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    respond(
+        model,
+        gen,
+        Call::new(&req.model, Shape::Completion, include_usage),
+        req.stream,
+    )
+    .await
+}
+
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> AppResult {
+    let model = embedder(&state, &req.model)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("`encoding_format` must be float or base64, not {other:?}"),
+                "encoding_format",
+            ))
+        }
+    };
+    if let Some(d) = req.dimensions.filter(|&d| d != model.dim) {
+        return Err(ApiError::unsupported(
+            "dimensions",
+            &format!(
+                "{} returns {}-dimensional vectors only (asked for {d})",
+                model.name, model.dim
+            ),
+        ));
+    }
+    let input = match req.input {
+        EmbeddingInput::Text(t) => EmbedInput::Texts(vec![t]),
+        EmbeddingInput::Texts(v) => EmbedInput::Texts(v),
+        EmbeddingInput::Tokens(ids) if ids.is_empty() => EmbedInput::Tokens(Vec::new()),
+        EmbeddingInput::Tokens(ids) => EmbedInput::Tokens(vec![ids]),
+        EmbeddingInput::TokenLists(v) => EmbedInput::Tokens(v),
+    };
+    let out = model.embed(input, req.truncate).await?;
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                json!(encode_base64(v))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.model,
+        "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
+    }))
+    .into_response())
+}
+
+/// Little-endian f32 bytes in standard base64, as OpenAI's SDK decodes them.
+fn encode_base64(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn model_card(state: &AppState, name: &str, handle: &ModelHandle) -> Value {
+    let (kind, max_len) = match handle {
+        ModelHandle::Generate(m) => ("generate", m.context_length),
+        ModelHandle::Embed(m) => ("embed", m.max_tokens),
+    };
+    json!({
+        "id": name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "tiergate",
+        "kind": kind,
+        "max_model_len": max_len,
+    })
+}
+
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .engine
+        .models()
+        .map(|(n, h)| model_card(&state, n, h))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AppResult {
+    let handle = state.engine.model(&id)?;
+    Ok(Json(model_card(&state, &id, handle)).into_response())
+}
+
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> AppResult {
+    let (tokens, max_len) = match state.engine.model(&req.model)? {
+        ModelHandle::Generate(m) => {
+            let input = match (req.prompt, req.messages) {
+                (Some(p), None) => PromptInput::Text(p),
+                (None, Some(messages)) => PromptInput::Chat(chat_messages(&messages)?),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "give exactly one of `prompt` or `messages`",
+                        "prompt",
+                    ))
+                }
+            };
+            (
+                m.tokenize(input, req.add_special_tokens).await?,
+                m.context_length,
+            )
+        }
+        ModelHandle::Embed(m) => {
+            let prompt = req
+                .prompt
+                .ok_or_else(|| ApiError::invalid("`prompt` is required", "prompt"))?;
+            let enc = m
+                .tokenizer
+                .encode(prompt, req.add_special_tokens)
+                .map_err(|e| ApiError::invalid(e.to_string(), "prompt"))?;
+            (enc.get_ids().to_vec(), m.max_tokens)
+        }
+    };
+    Ok(
+        Json(json!({"count": tokens.len(), "max_model_len": max_len, "tokens": tokens}))
+            .into_response(),
+    )
+}
+
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> AppResult {
+    let model = generator(&state, &req.model)?;
+    Ok(Json(json!({"prompt": model.detokenize(&req.tokens)?})).into_response())
+}
+
+/// Liveness: the process answers.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 only when every replica has loaded its model.
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let replicas: Vec<Value> = state
+        .engine
+        .replicas
+        .iter()
+        .map(|r| json!({"model": r.model, "replica": r.index, "device": r.device, "ready": r.is_ready()}))
+        .collect();
+    if state.engine.is_ready() {
+        Json(json!({"status": "ready", "replicas": replicas})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading", "replicas": replicas})),
+        )
+            .into_response()
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("Unknown route").with_code("unknown_url")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "Method not allowed on this route",
+    )
+}

@@ -1,0 +1,35 @@
+//! tiergate: a tiered, OpenAI-compatible inference gateway in front of candle models.
+//!
+//! Data flow of one request: an HTTP handler (`http`) parses the JSON body with our error
+//! shape and finds the model -> the infer layer (`infer`) validates and tokenizes it and puts
+//! it on that model's bounded queue (503 + Retry-After when full) -> a replica's worker thread
+//! takes it into a free sequence slot when it has one and decodes all live sequences together,
+//! step by step, on a model it owns (`backend`, candle on a CPU or CUDA device) -> text flows
+//! back to the handler over a per-request bounded channel; dropping that channel (client gone)
+//! cancels the sequence and frees its slot. Model files come from `models/` manifests, verified
+//! by sha256 (`models`); everything tunable lives in one `config::Config`.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod infer;
+pub mod models;
+
+pub use http::{router, AppState};
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
+/// running requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

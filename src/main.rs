@@ -1,0 +1,171 @@
+//! The `tiergate` command: `serve` and `models fetch`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tiergate::config::Config;
+use tiergate::infer::Engine;
+use tiergate::models::{self, Manifest};
+use tiergate::AppState;
+
+#[derive(Parser)]
+#[command(
+    name = "tiergate",
+    version,
+    about = "A tiered, OpenAI-compatible inference gateway on candle"
+)]
+struct Cli {
+    /// Config file (TOML). Default: config/tiergate.toml when it exists, else built-in defaults.
+    #[arg(long, global = true, env = "TIERGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve {
+        /// Listen address, overriding the config's `listen` (and TIERGATE_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Model files.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Install every configured model's files into the cache, verifying each sha256.
+    Fetch,
+    /// Check the installed files against their manifests without downloading.
+    Verify,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let mut config = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Models { action } => models_command(&config, action),
+        Command::Serve { listen } => {
+            if let Some(addr) = listen {
+                config.listen = addr;
+            }
+            set_cpu_threads(config.cpu_threads());
+            tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective config");
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(config))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = std::env::var("TIERGATE_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .init();
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new("config/tiergate.toml");
+    let path = path.or_else(|| default.is_file().then_some(default));
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+/// candle's CPU thread pool is process-wide and reads these once, at first use.
+fn set_cpu_threads(threads: usize) {
+    if threads > 0 {
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+fn models_command(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
+    let cache = config.cache_dir();
+    for mc in &config.models {
+        let manifest =
+            Manifest::load(&mc.manifest_path(&config.models_dir)).map_err(anyhow::Error::msg)?;
+        let dir = match action {
+            ModelsAction::Fetch => {
+                models::fetch(&manifest, &cache, &mut |line| println!("{line}"))?
+            }
+            ModelsAction::Verify => models::resolve(&manifest, &cache)?,
+        };
+        println!("{}: ok ({})", manifest.name, dir.display());
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let fetch = config.fetch_on_start;
+    let start_config = config.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::start(&start_config, fetch)).await??;
+    let state = AppState::new(engine, config.clone());
+    tracing::info!(listen = %config.listen, "serving; /ready turns 200 once every replica has loaded");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ready_state = state.clone();
+    let ready_stop = stop_tx.clone();
+    let load = tokio::spawn(async move {
+        let result = ready_state.engine.wait_ready().await;
+        match &result {
+            Ok(()) => tracing::info!("all replicas ready"),
+            Err(_) => {
+                let _ = ready_stop.send(true);
+            }
+        }
+        result
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx.clone();
+    let server = tiergate::serve(listener, state.clone(), async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+    let mut stopped = stop_rx;
+    tokio::select! {
+        result = server => result?,
+        _ = async { let _ = stopped.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace period over; dropping remaining requests");
+        }
+    }
+    if load.is_finished() {
+        load.await??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+    tracing::info!("shutdown requested: no new connections; draining");
+}
