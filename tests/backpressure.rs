@@ -1,0 +1,101 @@
+//! Bounded queues and cancellation, on a gateway with one KV slot and a queue of one, so that
+//! every state is reached by counting requests, not by timing.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// Each test gets its own gateway (one slot, queue of one) so tests cannot disturb each other.
+fn tight_server() -> &'static Server {
+    let mut config = test_config();
+    config.models.retain(|m| m.name == CHAT_MODEL);
+    config.models[0].max_batch_size = 1;
+    config.models[0].max_queue = 1;
+    config.limits.max_output_tokens = 4000;
+    Box::leak(Box::new(spawn_server(config)))
+}
+
+fn long_stream_body() -> serde_json::Value {
+    // 4000 tokens: most of a minute of decoding here, so it is still running while we probe.
+    json!({"model": CHAT_MODEL, "prompt": "Count:", "max_tokens": 4000, "temperature": 0, "ignore_eos": true, "stream": true})
+}
+
+/// A client whose patience is far below the long generation's duration: a request stuck
+/// behind it fails, one that got the freed slot succeeds.
+fn impatient_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// A two-token request: its status, `Retry-After` header and body.
+async fn small_request(server: &'static Server) -> (u16, Option<u64>, serde_json::Value) {
+    let body = json!({"model": CHAT_MODEL, "prompt": "Hi", "max_tokens": 2, "temperature": 0});
+    let resp = impatient_client()
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("answer within 15 s");
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (status, retry_after, resp.json().await.expect("JSON"))
+}
+
+/// Starts a long streamed generation and returns once its first token has arrived, i.e. once
+/// it holds the only slot.
+async fn occupy_the_slot(server: &Server) -> reqwest::Response {
+    let mut resp = client()
+        .post(server.url("/v1/completions"))
+        .json(&long_stream_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.expect("chunk").expect("a first chunk");
+    assert!(!first.is_empty());
+    resp
+}
+
+#[tokio::test]
+async fn full_queue_answers_503_with_retry_after_at_once_and_cancelling_frees_the_slot() {
+    let server = tight_server();
+    let running = occupy_the_slot(server).await;
+    // The slot is taken and the queue holds one: of two more requests, one waits in the
+    // queue and the other is refused at once, whichever arrives second.
+    let mut first = tokio::spawn(small_request(server));
+    let mut second = tokio::spawn(small_request(server));
+    let (refused, queued) = tokio::select! {
+        r = &mut first => (r.expect("task"), second),
+        r = &mut second => (r.expect("task"), first),
+    };
+    let (status, retry_after, body) = refused;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "Retry-After in whole seconds"
+    );
+    assert_eq!(error_of(&body)["code"], "overloaded");
+    // Dropping the running stream cancels it; its slot goes to the queued request, which
+    // completes long before the 4000-token generation could have.
+    drop(running);
+    let (status, _, body) = queued.await.expect("task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_stops_its_generation() {
+    let server = tight_server();
+    let running = occupy_the_slot(server).await;
+    drop(running);
+    // With the slot freed, a new request is admitted and finishes; had the 4000-token
+    // generation kept running, this would wait behind it past the client's timeout.
+    let (status, _, body) = small_request(server).await;
+    assert_eq!(status, 200, "{body}");
+}

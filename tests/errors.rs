@@ -1,0 +1,215 @@
+//! Bad input gets a clear OpenAI-shaped error with the right status, and loses nothing: after
+//! each one the server still serves.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+async fn expect_error(
+    path: &str,
+    body: serde_json::Value,
+    status: u16,
+    param: Option<&str>,
+) -> serde_json::Value {
+    let (got, resp) = post(server(), path, body).await;
+    assert_eq!(got, status, "{resp}");
+    let e = error_of(&resp).clone();
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{resp}");
+    }
+    assert_still_serving(server()).await;
+    e
+}
+
+async fn raw_post(path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(server().url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON error body"))
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let (status, body) = raw_post("/v1/chat/completions", b"{\"model\": ".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_of(&body)["code"], "invalid_json");
+    assert_still_serving(server()).await;
+}
+
+#[tokio::test]
+async fn missing_field_is_422_naming_it() {
+    let e = expect_error(
+        "/v1/chat/completions",
+        json!({"model": CHAT_MODEL}),
+        422,
+        Some("messages"),
+    )
+    .await;
+    assert_eq!(e["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn unknown_model_is_404() {
+    let mut body = chat_body("hi", 2);
+    body["model"] = json!("gpt-nonexistent");
+    let e = expect_error("/v1/chat/completions", body, 404, None).await;
+    assert_eq!(e["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn prompt_longer_than_the_context_is_400_context_length_exceeded() {
+    // Over 4096 prompt tokens but under the 64 KiB body limit of the test server.
+    let text = "9 ".repeat(5000);
+    let e = expect_error(
+        "/v1/completions",
+        json!({"model": CHAT_MODEL, "prompt": text}),
+        400,
+        None,
+    )
+    .await;
+    assert_eq!(e["code"], "context_length_exceeded");
+}
+
+#[tokio::test]
+async fn prompt_plus_max_tokens_over_the_context_is_400() {
+    let e = expect_error(
+        "/v1/chat/completions",
+        chat_body("hi", 4090),
+        400,
+        Some("max_tokens"),
+    )
+    .await;
+    assert_eq!(e["code"], "context_length_exceeded");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let big = format!(
+        "{{\"model\":\"{CHAT_MODEL}\",\"prompt\":\"{}\"}}",
+        "a".repeat(100 * 1024)
+    );
+    let (status, body) = raw_post("/v1/completions", big.into_bytes()).await;
+    assert_eq!(status, 413, "{body}");
+    error_of(&body);
+    assert_still_serving(server()).await;
+}
+
+#[tokio::test]
+async fn unsupported_fields_are_400_naming_the_field() {
+    for (field, value) in [
+        ("n", json!(2)),
+        ("logprobs", json!(true)),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("presence_penalty", json!(0.5)),
+    ] {
+        let mut body = chat_body("hi", 2);
+        body[field] = value;
+        let e = expect_error("/v1/chat/completions", body, 400, Some(field)).await;
+        assert_eq!(e["code"], "unsupported_parameter");
+    }
+}
+
+#[tokio::test]
+async fn neutral_values_of_unsupported_fields_are_accepted() {
+    let mut body = chat_body("hi", 2);
+    body["n"] = json!(1);
+    body["logprobs"] = json!(false);
+    body["presence_penalty"] = json!(0);
+    body["tools"] = json!([]);
+    let (status, resp) = post(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+}
+
+#[tokio::test]
+async fn out_of_range_sampling_values_are_400() {
+    let mut body = chat_body("hi", 2);
+    body["temperature"] = json!(5.0);
+    expect_error("/v1/chat/completions", body, 400, Some("temperature")).await;
+    let mut body = chat_body("hi", 2);
+    body["top_p"] = json!(0.0);
+    expect_error("/v1/chat/completions", body, 400, Some("top_p")).await;
+}
+
+#[tokio::test]
+async fn image_content_parts_are_400() {
+    let body = json!({"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]});
+    expect_error(
+        "/v1/chat/completions",
+        body,
+        400,
+        Some("messages[0].content[0]"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_kind_of_model_is_400() {
+    let mut body = chat_body("hi", 2);
+    body["model"] = json!(EMBED_MODEL);
+    expect_error("/v1/chat/completions", body, 400, Some("model")).await;
+    expect_error(
+        "/v1/embeddings",
+        json!({"model": CHAT_MODEL, "input": "x"}),
+        400,
+        Some("model"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn token_ids_outside_the_vocabulary_are_400() {
+    expect_error(
+        "/v1/completions",
+        json!({"model": CHAT_MODEL, "prompt": [1, 999999]}),
+        400,
+        Some("prompt"),
+    )
+    .await;
+    expect_error(
+        "/detokenize",
+        json!({"model": CHAT_MODEL, "tokens": [4294967295u32]}),
+        400,
+        Some("tokens"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn empty_messages_are_400() {
+    expect_error(
+        "/v1/chat/completions",
+        json!({"model": CHAT_MODEL, "messages": []}),
+        400,
+        Some("messages"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_in_the_error_shape() {
+    let resp = client()
+        .get(server().url("/v1/nothing"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    error_of(&body);
+}
+
+#[tokio::test]
+async fn errors_inside_a_stream_arrive_before_it_starts_as_plain_http_errors() {
+    let mut body = chat_body("hi", 2);
+    body["stream"] = json!(true);
+    body["model"] = json!("nope");
+    let (status, resp) = post(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 404, "{resp}");
+}
