@@ -74,9 +74,24 @@ pub struct ModelConfig {
     /// KV capacity of one slot in tokens (prompt + output); capped by the context length.
     #[serde(default = "default_seq_len")]
     pub max_seq_len: usize,
+    /// Generation: KV budget of a replica, the sum over live sequences of prompt + max_tokens
+    /// (default max_batch_size x max_seq_len). Embeddings: padded tokens in one forward pass
+    /// (default 16384).
+    #[serde(default)]
+    pub max_batch_tokens: Option<usize>,
+    /// Prompt tokens prefilled per engine step, so a long prompt stalls decodes only briefly.
+    #[serde(default = "default_prefill")]
+    pub max_prefill_tokens: usize,
+    /// Decode steps that may run while prompt work waits; 0 prefills at every step. Higher
+    /// smooths inter-token latency of running streams at the cost of newcomers' first token.
+    #[serde(default = "default_decode_steps")]
+    pub max_decode_steps_before_prefill: usize,
     /// Requests waiting for this model beyond which new ones get 503 at once.
     #[serde(default = "default_queue")]
     pub max_queue: usize,
+    /// Longest wait in this model's queue (default `limits.queue_timeout_secs`).
+    #[serde(default)]
+    pub queue_timeout_secs: Option<u64>,
     #[serde(default = "default_replicas")]
     pub replicas: Vec<ReplicaConfig>,
 }
@@ -100,6 +115,12 @@ fn default_seq_len() -> usize {
 }
 fn default_queue() -> usize {
     64
+}
+fn default_prefill() -> usize {
+    256
+}
+fn default_decode_steps() -> usize {
+    2
 }
 fn default_replicas() -> Vec<ReplicaConfig> {
     vec![ReplicaConfig {
@@ -131,9 +152,30 @@ impl ModelConfig {
             dtype: None,
             max_batch_size: default_batch(),
             max_seq_len: default_seq_len(),
+            max_batch_tokens: None,
+            max_prefill_tokens: default_prefill(),
+            max_decode_steps_before_prefill: default_decode_steps(),
             max_queue: default_queue(),
+            queue_timeout_secs: None,
             replicas: default_replicas(),
         }
+    }
+
+    /// The batching knobs of a generation replica.
+    pub fn generate_knobs(&self) -> crate::infer::BatchKnobs {
+        crate::infer::BatchKnobs {
+            max_batch_size: self.max_batch_size,
+            max_batch_tokens: self
+                .max_batch_tokens
+                .unwrap_or(self.max_batch_size * self.max_seq_len),
+            max_prefill_tokens: self.max_prefill_tokens,
+            max_decode_steps_before_prefill: self.max_decode_steps_before_prefill,
+        }
+    }
+
+    /// Padded tokens in one embedding forward pass.
+    pub fn embed_batch_tokens(&self) -> usize {
+        self.max_batch_tokens.unwrap_or(16384)
     }
 
     pub fn manifest_path(&self, models_dir: &Path) -> PathBuf {
@@ -239,11 +281,26 @@ impl Config {
                     &format!("repeats the model name {:?}", m.name),
                 );
             }
-            if m.max_batch_size == 0 || m.max_queue == 0 || m.max_seq_len < 2 {
+            let sizes = [
+                m.max_batch_size,
+                m.max_queue,
+                m.max_seq_len.saturating_sub(1),
+                m.max_prefill_tokens,
+            ];
+            if sizes.contains(&0) {
                 return bad(
-                    &key("max_batch_size/max_queue/max_seq_len"),
-                    "must be positive",
+                    &key("max_batch_size/max_queue/max_seq_len/max_prefill_tokens"),
+                    "must be positive (max_seq_len at least 2)",
                 );
+            }
+            if m.max_batch_tokens.is_some_and(|t| t < m.max_seq_len) {
+                return bad(
+                    &key("max_batch_tokens"),
+                    "must be at least max_seq_len, or one long request could never run",
+                );
+            }
+            if m.queue_timeout_secs == Some(0) {
+                return bad(&key("queue_timeout_secs"), "must be positive");
             }
             if m.replicas.is_empty() {
                 return bad(&key("replicas"), "must list at least one replica");

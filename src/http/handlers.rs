@@ -55,6 +55,7 @@ pub async fn chat(
         sampling: req.sampling.sampling()?,
         stop: req.sampling.stops()?,
         ignore_eos: req.sampling.ignore_eos,
+        class: 0,
     };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     respond(
@@ -85,6 +86,7 @@ pub async fn completions(
         sampling: req.sampling.sampling()?,
         stop: req.sampling.stops()?,
         ignore_eos: req.sampling.ignore_eos,
+        class: 0,
     };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     respond(

@@ -1,9 +1,11 @@
 //! Start-up of every configured model: manifests, verified files, tokenizers and templates,
 //! queues, and one worker thread per replica that loads its model and reports back.
 
-use super::embed::{self, EmbedModel};
+use super::embed::{self, EmbedKnobs, EmbedModel};
 use super::gen_worker::{self, WorkerContext};
 use super::generate::GenerateModel;
+use super::policy::FairQueue;
+use super::queue::ModelQueue;
 use super::InferError;
 use crate::backend::chat_template::ChatTemplate;
 use crate::backend::device::DeviceSpec;
@@ -16,8 +18,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokenizers::Tokenizer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[derive(Clone)]
 pub enum ModelHandle {
@@ -154,15 +157,21 @@ impl Engine {
     ) -> anyhow::Result<Arc<GenerateModel>> {
         let assets = TextAssets::load(&manifest, &dir)?;
         let tokenizer = Arc::new(assets.tokenizer);
-        // Every queued request is bounded by this capacity: beyond it, 503 at once.
-        let (tx, rx) = mpsc::channel(mc.max_queue);
-        let queue = Arc::new(Mutex::new(rx));
         let context_length = manifest.context_length.min(mc.max_seq_len);
+        let knobs = mc.generate_knobs();
+        // Waiting requests are bounded by `max_queue`: beyond it, 503 at once. One class until
+        // the tenancy layer maps tiers to classes and weights.
+        let queue = Arc::new(ModelQueue::new(FairQueue::new(
+            &[1.0],
+            mc.max_queue,
+            knobs.max_batch_tokens,
+        )));
         let ctx = Arc::new(WorkerContext {
             name: mc.name.clone(),
             tokenizer: tokenizer.clone(),
             eos_ids: assets.eos_ids,
-            queue,
+            queue: queue.clone(),
+            knobs,
         });
         for spec in self.load_specs(mc, &manifest, &dir, context_length)? {
             let ctx = ctx.clone();
@@ -177,7 +186,8 @@ impl Engine {
             template: assets.template.map(Arc::new),
             context_length,
             limits: config.limits.clone(),
-            queue: tx,
+            queue_timeout: queue_timeout(config, mc),
+            queue,
         }))
     }
 
@@ -190,14 +200,24 @@ impl Engine {
     ) -> anyhow::Result<Arc<EmbedModel>> {
         let tokenizer = Arc::new(bert::load_tokenizer(&dir)?);
         let dim = read_hidden_size(&dir)?;
-        let (tx, rx) = mpsc::channel(mc.max_queue);
-        let queue = Arc::new(Mutex::new(rx));
+        // Embedding requests are admitted whatever their size (the batcher splits them).
+        let queue = Arc::new(ModelQueue::new(FairQueue::new(
+            &[1.0],
+            mc.max_queue,
+            usize::MAX,
+        )));
+        let knobs = EmbedKnobs {
+            max_batch_tokens: mc.embed_batch_tokens(),
+            max_batch_rows: mc.max_batch_size,
+        };
         for spec in self.load_specs(mc, &manifest, &dir, manifest.context_length)? {
             let (queue, name) = (queue.clone(), mc.name.clone());
             self.spawn(spec, move |spec| {
                 let device = spec.device.open(&spec.replica)?;
                 let mut model: Box<dyn Embedder> = Box::new(bert::load(&spec.dir, &device)?);
-                Ok(Box::new(move || embed::run(&mut *model, &name, &queue)))
+                Ok(Box::new(move || {
+                    embed::run(&mut *model, &name, &queue, knobs)
+                }))
             })?;
         }
         Ok(Arc::new(EmbedModel {
@@ -206,7 +226,8 @@ impl Engine {
             max_tokens: manifest.context_length,
             dim,
             limits: config.limits.clone(),
-            queue: tx,
+            queue_timeout: queue_timeout(config, mc),
+            queue,
         }))
     }
 
@@ -277,6 +298,13 @@ impl Engine {
             .push(handle);
         Ok(())
     }
+}
+
+fn queue_timeout(config: &Config, mc: &ModelConfig) -> Duration {
+    Duration::from_secs(
+        mc.queue_timeout_secs
+            .unwrap_or(config.limits.queue_timeout_secs),
+    )
 }
 
 fn load_generator(spec: &LoadSpec) -> Result<Box<dyn Generator>, BackendError> {

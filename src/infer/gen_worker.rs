@@ -1,13 +1,17 @@
-//! The replica thread of a generation model: it owns the model, pulls requests from the
-//! model's queue into free sequence slots, and decodes all live sequences together one step
-//! at a time (new requests join between steps; finished or cancelled ones leave at once).
+//! The replica thread of a generation model: it owns the model and runs the engine loop.
+//! Each iteration admits waiting requests into free sequence slots (as the fair queue and the
+//! KV budget allow), then runs the step the planner chose: prompt chunks of new sequences and
+//! one decode step for every decoding sequence together. Sequences join between steps and
+//! leave (finished, stopped or cancelled) at once, freeing their slot and budget.
 
 use super::generate::{FinishReason, GenEvent};
+use super::policy::{BatchKnobs, SeqView, StepPlanner};
+use super::queue::ModelQueue;
 use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, StopMatcher};
 use super::InferError;
 use crate::backend::Generator;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
@@ -22,21 +26,28 @@ pub(crate) struct GenJob {
     pub events: mpsc::Sender<GenEvent>,
 }
 
-/// One model queue shared by its replicas. A std mutex because only replica threads lock it:
-/// an idle replica blocks inside it waiting for work, a busy one only `try_lock`s, so a busy
-/// replica never stalls its batch on the lock.
-pub(crate) type SharedQueue = Arc<Mutex<mpsc::Receiver<GenJob>>>;
+impl GenJob {
+    /// KV budget the request reserves while it runs.
+    pub fn cost(&self) -> usize {
+        self.prompt.len() + self.max_tokens
+    }
+}
 
 pub(crate) struct WorkerContext {
     pub name: String,
     pub tokenizer: Arc<Tokenizer>,
     pub eos_ids: Vec<u32>,
-    pub queue: SharedQueue,
+    pub queue: Arc<ModelQueue<GenJob>>,
+    pub knobs: BatchKnobs,
 }
 
 /// A live sequence in a slot.
 struct Sequence {
     slot: usize,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+    cost: usize,
     events: mpsc::Sender<GenEvent>,
     sampler: Sampler,
     detok: Detokenizer,
@@ -48,119 +59,143 @@ struct Sequence {
     done: bool,
 }
 
-/// Runs until every sender of the queue is gone (shutdown).
+/// Free slots and KV budget of one replica.
+struct Capacity {
+    free_slots: Vec<usize>,
+    free_tokens: usize,
+}
+
+/// Runs until the queue is closed and no sequence is left (shutdown).
 pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext) {
-    let slots = model.spec().max_slots;
-    let mut free: Vec<usize> = (0..slots).rev().collect();
+    let slots = model.spec().max_slots.min(ctx.knobs.max_batch_size);
+    let mut cap = Capacity {
+        free_slots: (0..slots).rev().collect(),
+        free_tokens: ctx.knobs.max_batch_tokens,
+    };
     let mut live: Vec<Sequence> = Vec::with_capacity(slots);
+    let mut planner = StepPlanner::new(ctx.knobs);
     loop {
-        while let Some(&slot) = free.last() {
-            let job = if live.is_empty() {
-                match next_job_blocking(&ctx.queue) {
-                    Some(job) => job,
-                    None => return,
-                }
-            } else {
-                match try_next_job(&ctx.queue) {
-                    Some(job) => job,
-                    None => break,
-                }
-            };
-            let Some(seq) = admit(model, ctx, slot, job) else {
-                continue;
-            };
-            free.pop();
-            if seq.done {
-                model.release(slot);
-                free.push(slot);
-            } else {
-                live.push(seq);
-            }
+        if live.is_empty() && !ctx.queue.wait_for_work() {
+            return;
         }
-        if !live.is_empty() {
-            decode_step(model, ctx, &mut live);
+        admit(ctx, &mut cap, &mut live);
+        let views: Vec<SeqView> = live
+            .iter()
+            .map(|s| SeqView {
+                prefill_left: s.prompt.len() - s.prefilled,
+            })
+            .collect();
+        let plan = planner.plan(&views);
+        let decoders: Vec<usize> = if plan.decode {
+            (0..live.len())
+                .filter(|&i| views[i].prefill_left == 0)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for &(i, n) in &plan.prefill {
+            prefill_chunk(model, ctx, &mut live[i], n);
         }
+        decode_step(model, ctx, &mut live, &decoders);
         live.retain(|seq| {
-            if seq.done || seq.events.is_closed() {
+            let keep = !seq.done && !seq.events.is_closed();
+            if !keep {
                 model.release(seq.slot);
-                free.push(seq.slot);
-                false
-            } else {
-                true
+                cap.free_slots.push(seq.slot);
+                cap.free_tokens += seq.cost;
             }
+            keep
         });
     }
 }
 
-fn next_job_blocking(queue: &SharedQueue) -> Option<GenJob> {
-    let mut rx = queue
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    rx.blocking_recv()
+/// Takes waiting requests into free slots while the fair pick fits the free KV budget.
+/// Requests whose client is gone or whose queue deadline passed (answered 503 by the async
+/// side) are dropped here and never reach the model.
+fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>) {
+    let mut queue = ctx.queue.lock();
+    let now = std::time::Instant::now();
+    queue.retain(|job| !job.events.is_closed() && now <= job.queue_deadline);
+    while !cap.free_slots.is_empty() {
+        let Some(job) = queue.pop_fitting(cap.free_tokens) else {
+            break;
+        };
+        if job.events.try_send(GenEvent::Admitted).is_err() {
+            continue;
+        }
+        let Some(slot) = cap.free_slots.pop() else {
+            break;
+        };
+        cap.free_tokens -= job.cost();
+        live.push(Sequence {
+            slot,
+            cost: job.cost(),
+            prompt: job.prompt,
+            prefilled: 0,
+            events: job.events,
+            sampler: Sampler::new(job.sampling),
+            detok: Detokenizer::new(),
+            stop: StopMatcher::new(job.stop),
+            max_tokens: job.max_tokens,
+            ignore_eos: job.ignore_eos,
+            generated: 0,
+            last: 0,
+            done: false,
+        });
+    }
 }
 
-fn try_next_job(queue: &SharedQueue) -> Option<GenJob> {
-    let mut rx = queue.try_lock().ok()?;
-    rx.try_recv().ok()
-}
-
-/// Prefills a job into `slot`. `None` when the job never needed the slot: its client is
-/// gone, or it waited past its queue deadline (answered 503 by the async side).
-fn admit(
-    model: &mut dyn Generator,
-    ctx: &WorkerContext,
-    slot: usize,
-    job: GenJob,
-) -> Option<Sequence> {
-    if job.events.is_closed() {
-        tracing::debug!(model = %ctx.name, "request cancelled while queued");
-        return None;
-    }
-    if std::time::Instant::now() > job.queue_deadline {
-        return None;
-    }
-    job.events.try_send(GenEvent::Admitted).ok()?;
-    let mut seq = Sequence {
-        slot,
-        events: job.events,
-        sampler: Sampler::new(job.sampling),
-        detok: Detokenizer::new(),
-        stop: StopMatcher::new(job.stop),
-        max_tokens: job.max_tokens,
-        ignore_eos: job.ignore_eos,
-        generated: 0,
-        last: 0,
-        done: false,
-    };
-    match guarded(|| model.prefill(slot, &job.prompt)) {
-        Ok(logits) => seq.accept(ctx, &logits),
-        Err(e) => seq.fail(&ctx.name, e),
-    }
-    Some(seq)
-}
-
-fn decode_step(model: &mut dyn Generator, ctx: &WorkerContext, live: &mut [Sequence]) {
-    let batch: Vec<(usize, u32)> = live
-        .iter()
-        .filter(|s| !s.done && !s.events.is_closed())
-        .map(|s| (s.slot, s.last))
-        .collect();
-    if batch.is_empty() {
+/// Feeds the next `n` prompt tokens; the chunk that completes the prompt yields the first
+/// output token.
+fn prefill_chunk(model: &mut dyn Generator, ctx: &WorkerContext, seq: &mut Sequence, n: usize) {
+    if seq.done || seq.events.is_closed() {
         return;
     }
+    let chunk = &seq.prompt[seq.prefilled..seq.prefilled + n];
+    match guarded(|| model.prefill(seq.slot, chunk)) {
+        Ok(logits) => {
+            seq.prefilled += n;
+            if seq.prefilled == seq.prompt.len() {
+                seq.accept(ctx, &logits);
+            }
+        }
+        Err(e) => seq.fail(&ctx.name, e),
+    }
+}
+
+/// One decode step for the sequences at `indices` (those decoding when the step was planned).
+fn decode_step(
+    model: &mut dyn Generator,
+    ctx: &WorkerContext,
+    live: &mut [Sequence],
+    indices: &[usize],
+) {
+    let active: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|&i| !live[i].done && !live[i].events.is_closed())
+        .collect();
+    if active.is_empty() {
+        return;
+    }
+    let batch: Vec<(usize, u32)> = active
+        .iter()
+        .map(|&i| (live[i].slot, live[i].last))
+        .collect();
     match guarded(|| model.decode(&batch)) {
-        Ok(rows) => {
-            let mut rows = rows.into_iter();
-            for seq in live.iter_mut().filter(|s| !s.done && !s.events.is_closed()) {
-                match rows.next() {
-                    Some(logits) => seq.accept(ctx, &logits),
-                    None => seq.fail(&ctx.name, "decode returned too few rows".into()),
-                }
+        Ok(rows) if rows.len() == active.len() => {
+            for (&i, logits) in active.iter().zip(rows) {
+                live[i].accept(ctx, &logits);
+            }
+        }
+        Ok(_) => {
+            for &i in &active {
+                live[i].fail(&ctx.name, "decode returned the wrong number of rows".into());
             }
         }
         Err(message) => {
-            for seq in live.iter_mut() {
-                seq.fail(&ctx.name, message.clone());
+            for &i in &active {
+                live[i].fail(&ctx.name, message.clone());
             }
         }
     }
@@ -238,17 +273,26 @@ mod tests {
     //! model's behaviour is tested over HTTP in `tests/`.
     use super::*;
     use crate::backend::GeneratorSpec;
+    use crate::infer::policy::FairQueue;
     use std::collections::HashMap;
+    use std::sync::Mutex;
     use tokenizers::models::wordlevel::WordLevel;
 
     const VOCAB: usize = 16;
     const EOS: u32 = 15;
 
+    /// What the fake model saw: decode batch sizes and prefill chunk lengths, in order.
+    #[derive(Default, Clone)]
+    struct Calls {
+        batch_sizes: Vec<usize>,
+        prefill_chunks: Vec<usize>,
+        /// `'p'` for a prefill call, `'d'` for a decode step.
+        order: String,
+    }
+
     struct Counting {
         spec: GeneratorSpec,
-        last: HashMap<usize, u32>,
-        batch_sizes: Arc<Mutex<Vec<usize>>>,
-        prefills: Arc<Mutex<usize>>,
+        calls: Arc<Mutex<Calls>>,
     }
 
     fn logits_for(next: u32) -> Vec<f32> {
@@ -261,22 +305,23 @@ mod tests {
         fn spec(&self) -> &GeneratorSpec {
             &self.spec
         }
-        fn prefill(&mut self, slot: usize, tokens: &[u32]) -> crate::backend::Result<Vec<f32>> {
-            *self.prefills.lock().unwrap() += 1;
+        fn prefill(&mut self, _slot: usize, tokens: &[u32]) -> crate::backend::Result<Vec<f32>> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.prefill_chunks.push(tokens.len());
+            calls.order.push('p');
             let last = *tokens.last().unwrap_or(&0);
-            self.last.insert(slot, last);
             Ok(logits_for((last + 1) % VOCAB as u32))
         }
         fn decode(&mut self, batch: &[(usize, u32)]) -> crate::backend::Result<Vec<Vec<f32>>> {
-            self.batch_sizes.lock().unwrap().push(batch.len());
+            let mut calls = self.calls.lock().unwrap();
+            calls.batch_sizes.push(batch.len());
+            calls.order.push('d');
             Ok(batch
                 .iter()
                 .map(|&(_, t)| logits_for((t + 1) % VOCAB as u32))
                 .collect())
         }
-        fn release(&mut self, slot: usize) {
-            self.last.remove(&slot);
-        }
+        fn release(&mut self, _slot: usize) {}
     }
 
     fn tokenizer() -> Arc<Tokenizer> {
@@ -306,35 +351,58 @@ mod tests {
         (job, rx)
     }
 
-    /// Runs the worker over the jobs already queued, until the queue closes and all finish.
-    fn run_jobs(jobs: Vec<GenJob>, slots: usize) -> (Vec<usize>, usize) {
-        let (tx, rx) = mpsc::channel(jobs.len().max(1));
-        for j in jobs {
-            tx.try_send(j).ok().unwrap();
+    fn knobs(slots: usize) -> BatchKnobs {
+        BatchKnobs {
+            max_batch_size: slots,
+            max_batch_tokens: 1000,
+            max_prefill_tokens: 8,
+            max_decode_steps_before_prefill: 0,
         }
-        drop(tx);
-        let batch_sizes = Arc::new(Mutex::new(Vec::new()));
-        let prefills = Arc::new(Mutex::new(0));
+    }
+
+    /// Runs the worker over the jobs already queued, until the queue closes and all finish.
+    fn run_with(jobs: Vec<GenJob>, knobs: BatchKnobs) -> Calls {
+        let queue = Arc::new(ModelQueue::new(FairQueue::new(
+            &[1.0],
+            16,
+            knobs.max_batch_tokens,
+        )));
+        for j in jobs {
+            let cost = j.cost();
+            assert!(queue.push(0, cost, j).is_ok());
+        }
+        let calls = Arc::new(Mutex::new(Calls::default()));
         let mut model = Counting {
             spec: GeneratorSpec {
                 vocab_size: VOCAB,
                 max_seq_len: 64,
-                max_slots: slots,
+                max_slots: 8,
             },
-            last: HashMap::new(),
-            batch_sizes: batch_sizes.clone(),
-            prefills: prefills.clone(),
+            calls: calls.clone(),
         };
         let ctx = WorkerContext {
             name: "fake".into(),
             tokenizer: tokenizer(),
             eos_ids: vec![EOS],
-            queue: Arc::new(Mutex::new(rx)),
+            queue: queue.clone(),
+            knobs,
         };
+        // Close once everything queued has been taken, so `run` returns when idle.
+        let closer = std::thread::spawn(move || {
+            while !queue.lock().is_empty() {
+                std::thread::yield_now();
+            }
+            queue.close();
+        });
         run(&mut model, &ctx);
-        let sizes = batch_sizes.lock().unwrap().clone();
-        let n = *prefills.lock().unwrap();
-        (sizes, n)
+        closer.join().unwrap();
+        let calls = calls.lock().unwrap().clone();
+        calls
+    }
+
+    fn run_jobs(jobs: Vec<GenJob>, slots: usize) -> (Vec<usize>, usize) {
+        let calls = run_with(jobs, knobs(slots));
+        (calls.batch_sizes, calls.prefill_chunks.len())
     }
 
     fn drain(rx: &mut mpsc::Receiver<GenEvent>) -> Vec<GenEvent> {
@@ -419,5 +487,47 @@ mod tests {
         a.queue_deadline = std::time::Instant::now() - std::time::Duration::from_secs(1);
         let (_, prefills) = run_jobs(vec![a], 1);
         assert_eq!(prefills, 0);
+    }
+
+    #[test]
+    fn long_prompts_are_prefilled_in_chunks_of_max_prefill_tokens() {
+        let (a, _ra) = job((0..20).map(|i| i % 10).collect(), 2);
+        let calls = run_with(vec![a], knobs(1));
+        assert_eq!(calls.prefill_chunks, vec![8, 8, 4]);
+    }
+
+    #[test]
+    fn a_newcomers_prefill_interleaves_with_running_decodes() {
+        let (a, _ra) = job(vec![1], 10);
+        let (b, _rb) = job((0..20).map(|i| i % 10).collect(), 2);
+        let calls = run_with(vec![a, b], knobs(2));
+        // Step 1 prefills a (1 token) and b's first 7; then every step decodes a and
+        // prefills 8 more of b, so b's prompt never stops a's decoding.
+        assert_eq!(calls.prefill_chunks, vec![1, 7, 8, 5]);
+        assert!(calls.order.starts_with("pppdpd"), "{}", calls.order);
+    }
+
+    #[test]
+    fn the_kv_budget_limits_how_many_run_together() {
+        let (jobs, _receivers): (Vec<GenJob>, Vec<_>) = (0..3).map(|i| job(vec![i], 5)).unzip();
+        let mut k = knobs(4);
+        k.max_batch_tokens = 12; // each job reserves 1 + 5
+        let calls = run_with(jobs, k);
+        assert_eq!(
+            calls.batch_sizes.iter().max(),
+            Some(&2),
+            "{:?}",
+            calls.batch_sizes
+        );
+    }
+
+    #[test]
+    fn waiting_prefill_is_deferred_by_the_configured_decode_steps() {
+        let (a, _ra) = job(vec![1], 10);
+        let (b, _rb) = job((0..20).map(|i| i % 10).collect(), 2);
+        let mut k = knobs(2);
+        k.max_decode_steps_before_prefill = 2;
+        let calls = run_with(vec![a, b], k);
+        assert!(calls.order.starts_with("ppddpdddpd"), "{}", calls.order);
     }
 }

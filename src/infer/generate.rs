@@ -2,6 +2,7 @@
 //! and hand back a stream of events.
 
 use super::gen_worker::GenJob;
+use super::queue::{ModelQueue, Refused};
 use super::{blocking, InferError, SamplingParams};
 use crate::backend::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::Limits;
@@ -31,6 +32,8 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
+    /// Scheduling class (the tenancy layer maps tiers to classes); 0 by default.
+    pub class: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +99,15 @@ pub struct GenerateModel {
     /// Longest prompt + output, the smaller of the model's context and a slot's capacity.
     pub context_length: usize,
     pub(crate) limits: Limits,
-    pub(crate) queue: mpsc::Sender<GenJob>,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) queue: Arc<ModelQueue<GenJob>>,
+}
+
+impl Drop for GenerateModel {
+    /// No request can reach the model any more: let its replicas finish and exit.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl GenerateModel {
@@ -109,7 +120,7 @@ impl GenerateModel {
         // Room for every event the request can produce, so the worker's sends never block
         // a batch: one delta per token at most, plus Admitted and the final event.
         let (tx, mut rx) = mpsc::channel(max_tokens + 2);
-        let queue_timeout = Duration::from_secs(self.limits.queue_timeout_secs);
+        let queue_timeout = self.queue_timeout;
         let job = GenJob {
             prompt,
             max_tokens,
@@ -120,12 +131,17 @@ impl GenerateModel {
             events: tx,
         };
         let prompt_tokens = job.prompt.len();
-        self.queue.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => InferError::Overloaded {
+        let cost = job.cost();
+        self.queue.push(req.class, cost, job).map_err(|refused| match refused {
+            Refused::Full(_) => InferError::Overloaded {
                 model: self.name.clone(),
                 retry_after: Duration::from_secs(1),
             },
-            mpsc::error::TrySendError::Closed(_) => InferError::ShuttingDown,
+            Refused::TooLarge(_) => InferError::invalid(
+                format!("prompt + max_tokens ({cost} tokens) exceed this model's batch token budget"),
+                "max_tokens",
+            ),
+            Refused::Closed(_) => InferError::ShuttingDown,
         })?;
         match tokio::time::timeout(queue_timeout, rx.recv()).await {
             Ok(Some(GenEvent::Admitted)) => {}

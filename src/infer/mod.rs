@@ -8,12 +8,15 @@ mod embed;
 mod engine;
 mod gen_worker;
 mod generate;
+pub mod policy;
+mod queue;
 pub mod sampling;
 pub mod text;
 
 pub use embed::{EmbedInput, EmbedModel, EmbedOutput};
 pub use engine::{Engine, ModelHandle, ReplicaInfo};
 pub use generate::{FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, PromptInput};
+pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;
 
 use std::time::Duration;
