@@ -108,7 +108,7 @@ pub struct ReplicaConfig {
 }
 
 fn default_batch() -> usize {
-    4
+    8
 }
 fn default_seq_len() -> usize {
     4096
@@ -196,7 +196,11 @@ impl Default for Config {
             limits: Limits::default(),
             models: vec![
                 ModelConfig::named("smollm2-135m-instruct"),
-                ModelConfig::named("all-minilm-l6-v2"),
+                ModelConfig {
+                    max_batch_size: 32,
+                    max_batch_tokens: Some(16384),
+                    ..ModelConfig::named("all-minilm-l6-v2")
+                },
             ],
         }
     }
@@ -354,12 +358,11 @@ mod tests {
     }
 
     #[test]
-    fn shipped_config_file_is_valid_and_matches_the_defaults() {
+    fn shipped_config_file_is_valid_and_equals_the_embedded_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tiergate.toml");
         let config = Config::load(Some(&path), env(&[])).expect("valid");
-        let defaults = Config::default();
-        assert_eq!(config.listen, defaults.listen);
-        assert_eq!(config.models.len(), defaults.models.len());
+        let json = |c: &Config| serde_json::to_value(c).expect("serialises");
+        assert_eq!(json(&config), json(&Config::default()));
     }
 
     #[test]

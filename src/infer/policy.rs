@@ -186,9 +186,16 @@ impl StepPlanner {
             decode,
         };
         if prefilling && (!decode || due) {
-            let mut budget = self.knobs.max_prefill_tokens.max(1);
+            // Chunks are whole pieces [k*C, (k+1)*C) of each prompt, whatever else runs, so a
+            // prompt is cut the same way alone or in a batch and gives the same numbers. The
+            // budget decides which sequences get their next chunk in this step.
+            let chunk = self.knobs.max_prefill_tokens.max(1);
+            let mut budget = chunk;
             for (i, s) in seqs.iter().enumerate().filter(|(_, s)| s.prefill_left > 0) {
-                let take = s.prefill_left.min(budget);
+                let take = s.prefill_left.min(chunk);
+                if take > budget {
+                    continue;
+                }
                 plan.prefill.push((i, take));
                 budget -= take;
                 if budget == 0 {
@@ -341,8 +348,25 @@ mod tests {
     fn prefill_chunks_respect_the_token_budget_in_admission_order() {
         let mut p = StepPlanner::new(knobs(64, 0));
         let plan = p.plan(&[prefilling(40), decoding(), prefilling(40), prefilling(5)]);
-        assert_eq!(plan.prefill, vec![(0, 40), (2, 24)]);
+        // 40 fits, the second 40 does not fit the 24 left and waits whole, 5 fits.
+        assert_eq!(plan.prefill, vec![(0, 40), (3, 5)]);
         assert!(plan.decode);
+    }
+
+    #[test]
+    fn prompts_are_cut_at_the_same_places_alone_or_in_a_batch() {
+        let mut alone = StepPlanner::new(knobs(16, 0));
+        let mut shared = StepPlanner::new(knobs(16, 0));
+        assert_eq!(alone.plan(&[prefilling(40)]).prefill, vec![(0, 16)]);
+        // Beside a 10-token prompt, the 40-token one still gets a whole first chunk of 16.
+        assert_eq!(
+            shared.plan(&[prefilling(10), prefilling(40)]).prefill,
+            vec![(0, 10)]
+        );
+        assert_eq!(
+            shared.plan(&[decoding(), prefilling(40)]).prefill,
+            vec![(1, 16)]
+        );
     }
 
     #[test]
