@@ -8,11 +8,16 @@ use std::time::Duration;
 
 /// Each test gets its own gateway (one slot, queue of one) so tests cannot disturb each other.
 fn tight_server() -> &'static Server {
+    tight_server_with(|_| {})
+}
+
+fn tight_server_with(adjust: impl FnOnce(&mut tiergate::config::Config)) -> &'static Server {
     let mut config = test_config();
     config.models.retain(|m| m.name == CHAT_MODEL);
     config.models[0].max_batch_size = 1;
     config.models[0].max_queue = 1;
     config.limits.max_output_tokens = 4000;
+    adjust(&mut config);
     Box::leak(Box::new(spawn_server(config)))
 }
 
@@ -98,4 +103,18 @@ async fn a_client_that_disconnects_mid_stream_stops_its_generation() {
     // generation kept running, this would wait behind it past the client's timeout.
     let (status, _, body) = small_request(server).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_request_that_waits_past_the_queue_timeout_gets_503_and_the_running_stream_goes_on() {
+    let server = tight_server_with(|c| c.models[0].queue_timeout_secs = Some(1));
+    let running = occupy_the_slot(server).await;
+    // The only slot stays busy, so this request waits its full second in the queue.
+    let (status, retry_after, body) = small_request(server).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    assert_eq!(error_of(&body)["code"], "queue_timeout");
+    // The running stream was not disturbed: it still delivers tokens.
+    let mut running = running;
+    assert!(running.chunk().await.expect("chunk").is_some());
 }
