@@ -16,6 +16,12 @@ pub struct Target {
     pub url: String,
     /// Sent as `Authorization: Bearer …` when set (LiteLLM needs one; ours ignores it).
     pub api_key: Option<String>,
+    /// Reuse connections between requests. Off by default: llama-server closes a connection
+    /// after some streamed responses, and a request that the client writes into such a
+    /// connection just before it sees the close fails ("connection closed before message
+    /// completed") although the server did nothing wrong. A fresh connection costs well under
+    /// a millisecond on 127.0.0.1 but a round trip over a network, so turn it on there.
+    pub keep_alive: bool,
 }
 
 /// How one request ended.
@@ -57,6 +63,8 @@ pub struct Sample {
     /// Whether `output_tokens` came from the server's usage rather than from counting chunks.
     pub tokens_from_usage: bool,
     pub prompt_tokens: Option<u64>,
+    /// What went wrong, for a failed request: the error chain or the start of the body.
+    pub detail: Option<String>,
 }
 
 /// The JSON body of request `i` of a scenario. `ignore_eos` makes every request produce
@@ -88,13 +96,34 @@ pub async fn send(client: &reqwest::Client, target: &Target, s: &Scenario, i: us
     let mut tally = Tally::new(start);
     let limit = Duration::from_secs_f64(s.timeout_secs);
     let exchange = exchange(client, target, s, i, &mut tally);
-    let outcome = match tokio::time::timeout(limit, exchange).await {
-        Err(_) => Outcome::Timeout,
-        Ok(Err(outcome)) => outcome,
-        Ok(Ok(())) if tally.error => Outcome::StreamError,
-        Ok(Ok(())) => Outcome::Ok,
+    let (outcome, detail) = match tokio::time::timeout(limit, exchange).await {
+        Err(_) => (
+            Outcome::Timeout,
+            Some(format!("no end after {} s", s.timeout_secs)),
+        ),
+        Ok(Err((outcome, detail))) => (outcome, Some(detail)),
+        Ok(Ok(())) => match tally.error.take() {
+            Some(error) => (Outcome::StreamError, Some(error)),
+            None => (Outcome::Ok, None),
+        },
     };
-    tally.into_sample(outcome, start.elapsed())
+    let mut sample = tally.into_sample(outcome, start.elapsed());
+    sample.detail = detail;
+    sample
+}
+
+/// A failed exchange: its outcome and what to tell the operator about it.
+type Failure = (Outcome, String);
+
+/// reqwest's own message is terse ("error sending request"); the causes say what happened.
+fn transport(e: reqwest::Error) -> Failure {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    (Outcome::Transport, text)
 }
 
 async fn exchange(
@@ -103,23 +132,25 @@ async fn exchange(
     s: &Scenario,
     i: usize,
     tally: &mut Tally,
-) -> Result<(), Outcome> {
+) -> Result<(), Failure> {
     let url = format!("{}{}", target.url.trim_end_matches('/'), s.endpoint.path());
     let mut req = client.post(url).json(&request_body(s, i));
     if let Some(key) = &target.api_key {
         req = req.bearer_auth(key);
     }
-    let mut resp = req.send().await.map_err(|_| Outcome::Transport)?;
+    let mut resp = req.send().await.map_err(transport)?;
     if !resp.status().is_success() {
-        return Err(Outcome::Status(resp.status().as_u16()));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        return Err((Outcome::Status(status), body.chars().take(300).collect()));
     }
     if !s.stream {
-        let body: Value = resp.json().await.map_err(|_| Outcome::Transport)?;
+        let body: Value = resp.json().await.map_err(transport)?;
         tally.on_body(&body);
         return Ok(());
     }
     let mut parser = SseParser::default();
-    while let Some(bytes) = resp.chunk().await.map_err(|_| Outcome::Transport)? {
+    while let Some(bytes) = resp.chunk().await.map_err(transport)? {
         // Every event in this network chunk reached the client now, whatever the server
         // meant: that is the latency a client sees.
         let at = Instant::now();
@@ -144,7 +175,8 @@ pub struct Tally {
     text_chunks: u64,
     usage_completion: Option<u64>,
     usage_prompt: Option<u64>,
-    error: bool,
+    /// The message of an error event in a 200 stream.
+    error: Option<String>,
 }
 
 impl Tally {
@@ -157,7 +189,7 @@ impl Tally {
             text_chunks: 0,
             usage_completion: None,
             usage_prompt: None,
-            error: false,
+            error: None,
         }
     }
 
@@ -171,8 +203,9 @@ impl Tally {
             return;
         };
         self.usage(&v);
-        if v.get("error").is_some_and(|e| !e.is_null()) {
-            self.error = true;
+        if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
+            let message = error["message"].as_str().map(str::to_string);
+            self.error = Some(message.unwrap_or_else(|| error.to_string()));
         }
         let text = v["choices"][0]["delta"]["content"]
             .as_str()
@@ -210,6 +243,7 @@ impl Tally {
             output_tokens: self.usage_completion.unwrap_or(self.text_chunks),
             tokens_from_usage: self.usage_completion.is_some(),
             prompt_tokens: self.usage_prompt,
+            detail: None,
         }
     }
 }
@@ -260,7 +294,7 @@ mod tests {
     fn error_event_marks_the_stream_failed() {
         let mut t = Tally::new(Instant::now());
         t.on_data(r#"{"error": {"message": "boom"}}"#, Instant::now());
-        assert!(t.error);
+        assert_eq!(t.error.as_deref(), Some("boom"));
     }
 
     #[test]

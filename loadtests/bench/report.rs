@@ -255,6 +255,7 @@ mod tests {
             output_tokens: 10,
             tokens_from_usage: true,
             prompt_tokens: None,
+            detail: None,
         };
         let mut failed = sample.clone();
         failed.outcome = Outcome::Status(503);

@@ -31,9 +31,11 @@ impl Ctx {
         scenario: Scenario,
         server_pid: Option<u32>,
     ) -> Result<Self, String> {
+        let idle_per_host = if target.keep_alive { usize::MAX } else { 0 };
         let client = reqwest::Client::builder()
             // Connecting is quick on a healthy server; a refused port should fail fast.
             .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(idle_per_host)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Ctx {
@@ -69,6 +71,15 @@ pub async fn run_scenario(ctx: &Ctx, labels: &[(String, String)]) -> Vec<Row> {
         let level = run_level(ctx, load).await;
         let cpu = meter.stop();
         let summary = stats::summarize(&level.samples, level.wall);
+        // One example per level is enough to start looking; the table has the counts.
+        if let Some(s) = level.samples.iter().find(|s| s.detail.is_some()) {
+            let detail = s.detail.as_deref().unwrap_or_default();
+            eprintln!(
+                "{}: {load}: first failure ({}): {detail}",
+                ctx.scenario.name,
+                s.outcome.label()
+            );
+        }
         eprintln!(
             "{}: {load} done: {} requests ({} failed) in {:.1} s, {:.1} output tok/s",
             s.name,

@@ -158,6 +158,7 @@ mod tests {
             output_tokens: tokens,
             tokens_from_usage: from_usage,
             prompt_tokens: Some(20),
+            detail: None,
         }
     }
 

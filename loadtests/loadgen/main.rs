@@ -32,6 +32,10 @@ struct Args {
     /// Bearer token sent with each request (LiteLLM needs one).
     #[arg(long, env = "LOADGEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Reuse connections between requests (see loadtests/README.md: off by default because
+    /// llama-server closes some; turn it on against a server across a network).
+    #[arg(long)]
+    keep_alive: bool,
     /// Scenario name written in every row.
     #[arg(long)]
     name: Option<String>,
@@ -152,6 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
     let target = Target {
         url: args.url.clone(),
         api_key: args.api_key.clone(),
+        keep_alive: args.keep_alive,
     };
     let ctx = Ctx::new(target, scenario, args.server_pid)?;
     let rows = runner::run_scenario(&ctx, &args.labels).await;

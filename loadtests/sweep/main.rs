@@ -168,6 +168,7 @@ async fn run_point(
     let target = Target {
         url: server.url.clone(),
         api_key: None,
+        keep_alive: false,
     };
     let ctx = Ctx::new(target, scenario.clone(), Some(server.pid()))?;
     let rows = runner::run_scenario(&ctx, &grid::labels(point)).await;
