@@ -3,6 +3,7 @@
 //! to the right is more throughput bought with worse latency; an operator picks the knee.
 
 use plotters::prelude::*;
+use std::ops::Range;
 use std::path::Path;
 
 /// One line of the chart: a knob setting and its points `(tok/s, p95 ITL ms, load label)`.
@@ -33,6 +34,23 @@ fn axis_end(values: impl Iterator<Item = f64>, headroom: f64) -> f64 {
     }
 }
 
+/// The throughput axis fits the data instead of starting at 0: the settings of one server
+/// usually differ by tens of percent, and from 0 their points would crowd into one corner.
+/// Its span is at least a fifth of the largest value so that noise does not look like a
+/// difference; it never goes below 0.
+fn x_range(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let finite: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(0.0_f64, f64::max);
+    if finite.is_empty() || hi <= 0.0 {
+        return 0.0..1.0;
+    }
+    let widen = (hi * 0.2 - (hi - lo)).max(0.0) / 2.0;
+    let (lo, hi) = (lo - widen, hi + widen);
+    let span = hi - lo;
+    (lo - 0.1 * span).max(0.0)..hi + 0.15 * span
+}
+
 /// Tick label decimals: none on an axis that reaches 20, one below that.
 fn decimals(axis_end: f64) -> usize {
     if axis_end >= 20.0 {
@@ -59,7 +77,7 @@ fn draw_inner(
     target_ms: Option<f64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let all = || series.iter().flat_map(|s| s.points.iter());
-    let x_end = axis_end(all().map(|p| p.0), 1.12);
+    let x = x_range(all().map(|p| p.0));
     let y_end = axis_end(all().map(|p| p.1).chain(target_ms), 1.15);
     let root = SVGBackend::new(path, (1000, 650)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -68,8 +86,8 @@ fn draw_inner(
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_end, 0.0..y_end)?;
-    let (x_decimals, y_decimals) = (decimals(x_end), decimals(y_end));
+        .build_cartesian_2d(x.clone(), 0.0..y_end)?;
+    let (x_decimals, y_decimals) = (decimals(x.end), decimals(y_end));
     chart
         .configure_mesh()
         .x_label_formatter(&|v| format!("{v:.x_decimals$}"))
@@ -84,7 +102,7 @@ fn draw_inner(
         let red = RGBColor(200, 0, 0);
         chart
             .draw_series(DashedLineSeries::new(
-                [(0.0, t), (x_end, t)],
+                [(x.start, t), (x.end, t)],
                 8,
                 6,
                 red.stroke_width(1),
@@ -105,7 +123,11 @@ fn draw_inner(
         chart.draw_series(s.points.iter().map(|(x, y, load)| {
             EmptyElement::at((*x, *y))
                 + Circle::new((0, 0), 4, colour.filled())
-                + Text::new(load.clone(), label_at, ("sans-serif", 13).into_font())
+                + Text::new(
+                    load.clone(),
+                    label_at,
+                    ("sans-serif", 13).into_font().color(&colour),
+                )
         }))?;
     }
     chart
@@ -128,6 +150,17 @@ mod tests {
         assert!((axis_end([10.0, 20.0].into_iter(), 1.1) - 22.0).abs() < 1e-9);
         assert_eq!(axis_end(std::iter::empty(), 1.1), 1.0);
         assert_eq!(axis_end([f64::NAN].into_iter(), 1.1), 1.0);
+    }
+
+    #[test]
+    fn x_range_fits_the_data_but_never_goes_below_zero() {
+        let r = x_range([70.0, 80.0, 100.0].into_iter());
+        assert!(r.start > 60.0 && r.start < 70.0 && r.end > 100.0, "{r:?}");
+        // Close values still get a span of a fifth of the largest one.
+        let r = x_range([99.0, 100.0].into_iter());
+        assert!(r.end - r.start >= 20.0, "{r:?}");
+        assert_eq!(x_range([1.0, 50.0].into_iter()).start, 0.0);
+        assert_eq!(x_range(std::iter::empty()), 0.0..1.0);
     }
 
     #[test]
