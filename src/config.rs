@@ -102,7 +102,7 @@ pub struct ReplicaConfig {
     /// `cpu` or `cuda:N` (the latter needs a build with the `cuda` feature).
     pub device: String,
     /// CPU compute threads. candle's CPU pool is process-wide, so CPU replicas share one pool
-    /// sized by the largest value here; 0 means one per physical core.
+    /// sized by the largest value here; 0 means one per available CPU.
     #[serde(default)]
     pub threads: usize,
 }
