@@ -52,6 +52,17 @@ async fn small_request(server: &'static Server) -> (u16, Option<u64>, serde_json
     (status, retry_after, resp.json().await.expect("JSON"))
 }
 
+/// The chat model's request counters, as `/ready` reports them.
+async fn counters(server: &Server) -> serde_json::Value {
+    let resp = client()
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .expect("ready");
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    body["models"][CHAT_MODEL].clone()
+}
+
 /// Starts a long streamed generation and returns once its first token has arrived, i.e. once
 /// it holds the only slot.
 async fn occupy_the_slot(server: &Server) -> reqwest::Response {
@@ -86,6 +97,7 @@ async fn full_queue_answers_503_with_retry_after_at_once_and_cancelling_frees_th
         "Retry-After in whole seconds"
     );
     assert_eq!(error_of(&body)["code"], "overloaded");
+    assert_eq!(counters(server).await["rejected_full"], 1);
     // Dropping the running stream cancels it; its slot goes to the queued request, which
     // completes long before the 4000-token generation could have.
     drop(running);
@@ -103,6 +115,9 @@ async fn a_client_that_disconnects_mid_stream_stops_its_generation() {
     // generation kept running, this would wait behind it past the client's timeout.
     let (status, _, body) = small_request(server).await;
     assert_eq!(status, 200, "{body}");
+    let c = counters(server).await;
+    assert_eq!(c["cancelled"], 1, "{c}");
+    assert_eq!(c["finished"], 1, "{c}");
 }
 
 #[tokio::test]
@@ -114,6 +129,7 @@ async fn a_request_that_waits_past_the_queue_timeout_gets_503_and_the_running_st
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some());
     assert_eq!(error_of(&body)["code"], "queue_timeout");
+    assert_eq!(counters(server).await["queue_timeouts"], 1);
     // The running stream was not disturbed: it still delivers tokens.
     let mut running = running;
     assert!(running.chunk().await.expect("chunk").is_some());

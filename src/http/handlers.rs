@@ -246,15 +246,37 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|r| json!({"model": r.model, "replica": r.index, "device": r.device, "ready": r.is_ready()}))
         .collect();
-    if state.engine.is_ready() {
-        Json(json!({"status": "ready", "replicas": replicas})).into_response()
+    let models: serde_json::Map<String, Value> = state
+        .engine
+        .models()
+        .filter_map(|(name, handle)| match handle {
+            ModelHandle::Generate(m) => Some((name.clone(), generation_stats(m))),
+            ModelHandle::Embed(_) => None,
+        })
+        .collect();
+    let status = if state.engine.is_ready() {
+        "ready"
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "replicas": replicas})),
-        )
-            .into_response()
+        "loading"
+    };
+    let body = Json(json!({"status": status, "replicas": replicas, "models": models}));
+    if state.engine.is_ready() {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
+}
+
+/// Queue length and request outcomes of a generation model (until the metrics endpoint).
+fn generation_stats(model: &GenerateModel) -> Value {
+    let mut stats: serde_json::Map<String, Value> = model
+        .counters
+        .snapshot()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    stats.insert("queued".into(), json!(model.queued()));
+    Value::Object(stats)
 }
 
 pub async fn not_found() -> ApiError {

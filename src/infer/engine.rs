@@ -188,6 +188,7 @@ impl Engine {
             limits: config.limits.clone(),
             queue_timeout: queue_timeout(config, mc),
             queue,
+            counters: Default::default(),
         }))
     }
 

@@ -22,6 +22,7 @@ pub(crate) struct GenJob {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub enqueued: std::time::Instant,
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
 }
@@ -115,7 +116,20 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext) {
 fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>) {
     let mut queue = ctx.queue.lock();
     let now = std::time::Instant::now();
-    queue.retain(|job| !job.events.is_closed() && now <= job.queue_deadline);
+    queue.retain(|job| {
+        if now > job.queue_deadline {
+            // Say why, so the waiting handler answers 503 queue_timeout even if this check
+            // runs before its own timer fires.
+            let waited = job.queue_deadline.saturating_duration_since(job.enqueued);
+            let error = InferError::QueueTimeout {
+                model: ctx.name.clone(),
+                waited,
+            };
+            let _ = job.events.try_send(GenEvent::Failed(error));
+            return false;
+        }
+        !job.events.is_closed()
+    });
     while !cap.free_slots.is_empty() {
         let Some(job) = queue.pop_fitting(cap.free_tokens) else {
             break;
@@ -345,6 +359,7 @@ mod tests {
             },
             stop: Vec::new(),
             ignore_eos: false,
+            enqueued: std::time::Instant::now(),
             queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
             events: tx,
         };

@@ -6,6 +6,7 @@ use super::queue::{ModelQueue, Refused};
 use super::{blocking, InferError, SamplingParams};
 use crate::backend::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::Limits;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokenizers::Tokenizer;
@@ -74,16 +75,76 @@ pub struct GenStream {
     rx: mpsc::Receiver<GenEvent>,
     deadline: Instant,
     timeout: Duration,
+    /// Set once the final event has been read; dropped before that = cancelled.
+    ended: bool,
+    counters: Arc<Counters>,
+}
+
+/// Outcomes of a model's requests that never show up as a response body. The metrics layer
+/// exports them; `/ready` shows them meanwhile.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Refused at once because the queue was full (503).
+    pub rejected_full: AtomicU64,
+    /// Waited past the queue timeout (503); never reached the model.
+    pub queue_timeouts: AtomicU64,
+    /// Admitted, then abandoned by the client (disconnect, dropped stream) or the request
+    /// deadline before the last event; the worker frees their slot at its next step.
+    pub cancelled: AtomicU64,
+    /// Ran to a finish reason.
+    pub finished: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> [(&'static str, u64); 4] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("rejected_full", get(&self.rejected_full)),
+            ("queue_timeouts", get(&self.queue_timeouts)),
+            ("cancelled", get(&self.cancelled)),
+            ("finished", get(&self.finished)),
+        ]
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Drop for GenStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            bump(&self.counters.cancelled);
+        }
+    }
 }
 
 impl GenStream {
     /// The next event; `None` after the last. Past the request deadline it yields a
     /// `Failed(RequestTimeout)` and ends, which also cancels the work.
     pub async fn next(&mut self) -> Option<GenEvent> {
+        if self.ended {
+            return None;
+        }
         match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
-            Ok(Some(event)) => Some(event),
-            Ok(None) => None,
+            Ok(Some(event)) => {
+                match &event {
+                    GenEvent::Finished { .. } => {
+                        self.ended = true;
+                        bump(&self.counters.finished);
+                    }
+                    GenEvent::Failed(_) => self.ended = true,
+                    _ => {}
+                }
+                Some(event)
+            }
+            Ok(None) => {
+                self.ended = true;
+                None
+            }
             Err(_) => {
+                // Closing the channel tells the worker to drop the sequence; it counts as
+                // cancelled when this stream is dropped.
                 self.rx.close();
                 Some(GenEvent::Failed(InferError::RequestTimeout(self.timeout)))
             }
@@ -101,6 +162,7 @@ pub struct GenerateModel {
     pub(crate) limits: Limits,
     pub(crate) queue_timeout: Duration,
     pub(crate) queue: Arc<ModelQueue<GenJob>>,
+    pub counters: Arc<Counters>,
 }
 
 impl Drop for GenerateModel {
@@ -127,16 +189,20 @@ impl GenerateModel {
             sampling: req.sampling,
             stop: req.stop,
             ignore_eos: req.ignore_eos,
+            enqueued: std::time::Instant::now(),
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
         };
         let prompt_tokens = job.prompt.len();
         let cost = job.cost();
         self.queue.push(req.class, cost, job).map_err(|refused| match refused {
-            Refused::Full(_) => InferError::Overloaded {
+            Refused::Full(_) => {
+                bump(&self.counters.rejected_full);
+                InferError::Overloaded {
                 model: self.name.clone(),
                 retry_after: Duration::from_secs(1),
-            },
+                }
+            }
             Refused::TooLarge(_) => InferError::invalid(
                 format!("prompt + max_tokens ({cost} tokens) exceed this model's batch token budget"),
                 "max_tokens",
@@ -145,7 +211,12 @@ impl GenerateModel {
         })?;
         match tokio::time::timeout(queue_timeout, rx.recv()).await {
             Ok(Some(GenEvent::Admitted)) => {}
-            Ok(Some(GenEvent::Failed(e))) => return Err(e),
+            Ok(Some(GenEvent::Failed(e))) => {
+                if matches!(e, InferError::QueueTimeout { .. }) {
+                    bump(&self.counters.queue_timeouts);
+                }
+                return Err(e);
+            }
             Ok(Some(other)) => {
                 return Err(InferError::Backend(format!(
                     "unexpected first event {other:?}"
@@ -153,10 +224,11 @@ impl GenerateModel {
             }
             Ok(None) => return Err(InferError::ShuttingDown),
             Err(_) => {
+                bump(&self.counters.queue_timeouts);
                 return Err(InferError::QueueTimeout {
                     model: self.name.clone(),
                     waited: queue_timeout,
-                })
+                });
             }
         }
         let timeout = Duration::from_secs(self.limits.request_timeout_secs);
@@ -166,6 +238,8 @@ impl GenerateModel {
             rx,
             deadline: Instant::now() + timeout,
             timeout,
+            ended: false,
+            counters: self.counters.clone(),
         })
     }
 
@@ -191,6 +265,11 @@ impl GenerateModel {
                 })
         })
         .await
+    }
+
+    /// Requests waiting for a replica now.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().len()
     }
 
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError> {

@@ -15,7 +15,9 @@ pub mod text;
 
 pub use embed::{EmbedInput, EmbedModel, EmbedOutput};
 pub use engine::{Engine, ModelHandle, ReplicaInfo};
-pub use generate::{FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, PromptInput};
+pub use generate::{
+    Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, PromptInput,
+};
 pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;
 
