@@ -2,7 +2,7 @@
 
 use super::dto::{
     chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
-    EmbeddingRequest, PromptField, TokenizeRequest,
+    EmbeddingRequest, PromptField, SamplingFields, StreamOptions, TokenizeRequest,
 };
 use super::extract::ApiJson;
 use super::generation::{respond, Call, Shape};
@@ -48,21 +48,15 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
-    let model = generator(&state, &req.model)?;
-    let gen = GenRequest {
-        prompt: PromptInput::Chat(req.messages()?),
-        max_tokens: req.sampling.max_tokens(),
-        sampling: req.sampling.sampling()?,
-        stop: req.sampling.stops()?,
-        ignore_eos: req.sampling.ignore_eos,
-        class: 0,
-    };
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    respond(
-        model,
-        gen,
-        Call::new(&req.model, Shape::Chat, include_usage),
-        req.stream,
+    let prompt = PromptInput::Chat(req.messages()?);
+    let stream = (req.stream, req.stream_options.as_ref());
+    generate(
+        &state,
+        &req.model,
+        prompt,
+        &req.sampling,
+        Shape::Chat,
+        stream,
     )
     .await
 }
@@ -72,7 +66,6 @@ pub async fn completions(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
-    let model = generator(&state, &req.model)?;
     let prompt = match req.prompt {
         PromptField::Text(t) => PromptInput::Text(t),
         PromptField::Tokens(ids) => PromptInput::Tokens(ids),
@@ -80,20 +73,42 @@ pub async fn completions(
         PromptField::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
         _ => return Err(ApiError::unsupported("prompt", "one prompt per request")),
     };
+    let stream = (req.stream, req.stream_options.as_ref());
+    generate(
+        &state,
+        &req.model,
+        prompt,
+        &req.sampling,
+        Shape::Completion,
+        stream,
+    )
+    .await
+}
+
+/// What chat and completions share once the prompt is known.
+async fn generate(
+    state: &AppState,
+    model_name: &str,
+    prompt: PromptInput,
+    fields: &SamplingFields,
+    shape: Shape,
+    (stream, options): (bool, Option<&StreamOptions>),
+) -> AppResult {
+    let model = generator(state, model_name)?;
     let gen = GenRequest {
         prompt,
-        max_tokens: req.sampling.max_tokens(),
-        sampling: req.sampling.sampling()?,
-        stop: req.sampling.stops()?,
-        ignore_eos: req.sampling.ignore_eos,
+        max_tokens: fields.max_tokens(),
+        sampling: fields.sampling()?,
+        stop: fields.stops()?,
+        ignore_eos: fields.ignore_eos,
         class: 0,
     };
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let include_usage = options.is_some_and(|o| o.include_usage);
     respond(
         model,
         gen,
-        Call::new(&req.model, Shape::Completion, include_usage),
-        req.stream,
+        Call::new(model_name, shape, include_usage),
+        stream,
     )
     .await
 }
