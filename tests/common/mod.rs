@@ -79,7 +79,8 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-pub async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+/// Posts JSON and returns the status and the raw body text.
+async fn post_text(server: &Server, path: &str, body: Value) -> (u16, String) {
     let resp = client()
         .post(server.url(path))
         .json(&body)
@@ -87,21 +88,18 @@ pub async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
         .await
         .expect("request");
     let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
+    (status, resp.text().await.expect("body"))
+}
+
+pub async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = post_text(server, path, body).await;
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, json)
 }
 
 /// The `data:` payloads of an SSE response, in order.
 pub async fn post_stream(server: &Server, path: &str, body: Value) -> (u16, Vec<String>) {
-    let resp = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
+    let (status, text) = post_text(server, path, body).await;
     let events = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
