@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod infer;
+pub mod ledger;
 pub mod models;
 
 pub use http::{router, AppState};

@@ -1,0 +1,42 @@
+//! The usage ledger: one [`UsageRecord`] per request, admitted or rejected, kept in SQLite (a
+//! local file, the default) or PostgreSQL, each row chained to the one before by a hash so
+//! that `tiergate ledger verify` finds any edited or deleted row.
+//!
+//! The request path never touches the disk: it takes a [`RecordSlot`] from the [`Ledger`] at
+//! admission (a place in a bounded channel; none free means shed the request with 503) and
+//! fills it when the request ends. A writer thread owns the store and appends records in
+//! batches, one transaction each (`writer`). `report` turns a month of records into the
+//! per-tenant usage report; `price` splits a request's cost into subsidy and tenant charge.
+
+mod month;
+mod price;
+mod record;
+
+pub use month::{month_range, month_range_of};
+pub use price::{cost_split, CostSplit, Price};
+pub use record::{Outcome, UsageRecord};
+
+/// Errors of the ledger layer: storage, configuration and the writer's life.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("sqlite ledger: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres ledger: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("ledger url {0:?}: expected sqlite://PATH or postgres://...")]
+    BadUrl(String),
+    #[error("ledger row {chain}#{seq}: column `{column}` holds a value no record can have")]
+    BadRow {
+        chain: String,
+        seq: i64,
+        column: &'static str,
+    },
+    #[error("the ledger writer could not start: {0}")]
+    Start(String),
+    #[error("the ledger writer has stopped")]
+    WriterGone,
+    #[error("{0} usage records could not be stored before shutdown; they were logged in full")]
+    Unflushed(usize),
+    #[error("month {0:?}: expected YYYY-MM")]
+    BadMonth(String),
+}
