@@ -5,7 +5,8 @@
 //! The request path never touches the disk: it takes a [`RecordSlot`] from the [`Ledger`] at
 //! admission (a place in a bounded channel; none free means shed the request with 503) and
 //! fills it when the request ends. A writer thread owns the store and appends records in
-//! batches, one transaction each (`writer`). `price` splits a request's cost into subsidy and tenant charge.
+//! batches, one transaction each (`writer`). `report` turns a month of records into the
+//! per-tenant usage report; `price` splits a request's cost into subsidy and tenant charge.
 
 mod chain;
 mod config;
@@ -15,6 +16,7 @@ mod month;
 mod postgres;
 mod price;
 mod record;
+mod report;
 mod sqlite;
 mod store;
 mod writer;
@@ -27,6 +29,7 @@ pub use config::LedgerConfig;
 pub use month::{month_range, month_range_of};
 pub use price::{cost_split, CostSplit, Price};
 pub use record::{Outcome, UsageRecord};
+pub use report::{build_report, hkd, Report, ReportFormat, ReportRow};
 pub use store::{open_store, ChainedRecord, Store};
 pub use writer::{Ledger, LedgerStats, LedgerWriter, RecordSlot};
 
