@@ -33,6 +33,8 @@ pub struct Config {
     /// Install missing model files on start (verified by sha256) instead of failing.
     pub fetch_on_start: bool,
     pub limits: Limits,
+    /// Where usage records are kept (`[ledger]`).
+    pub ledger: crate::ledger::LedgerConfig,
     pub models: Vec<ModelConfig>,
 }
 
@@ -194,6 +196,7 @@ impl Default for Config {
             cache_dir: None,
             fetch_on_start: true,
             limits: Limits::default(),
+            ledger: crate::ledger::LedgerConfig::default(),
             models: vec![
                 ModelConfig::named("smollm2-135m-instruct"),
                 ModelConfig {
@@ -274,6 +277,7 @@ impl Config {
         if l.queue_timeout_secs == 0 || l.request_timeout_secs == 0 {
             return bad("limits.*_timeout_secs", "must be positive");
         }
+        self.ledger.validate().map_err(ConfigError::Invalid)?;
         if self.models.is_empty() {
             return bad("models", "must list at least one model");
         }
@@ -404,6 +408,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("limits.default_max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn ledger_url_comes_from_the_environment() {
+        let url = "postgres://postgres@127.0.0.1:5432/test";
+        let config = Config::load(None, env(&[("TIERGATE_LEDGER__URL", url)])).expect("valid");
+        assert_eq!(config.ledger.url, url);
     }
 
     #[test]
