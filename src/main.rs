@@ -1,12 +1,14 @@
-//! The `tiergate` command: `serve` and `models fetch`.
+//! The `tiergate` command: `serve`, `models fetch|verify`, `ledger verify`, `usage report`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tiergate::config::Config;
 use tiergate::infer::Engine;
+use tiergate::ledger::{self, ReportFormat};
 use tiergate::models::{self, Manifest};
 use tiergate::AppState;
 
@@ -37,6 +39,40 @@ enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// The usage ledger (`[ledger]` in the config).
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
+    /// Usage and cost from the ledger.
+    Usage {
+        #[command(subcommand)]
+        action: UsageAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Check every hash chain of the ledger; exits non-zero naming the first broken row.
+    /// Prints each chain's head hash: keep it elsewhere, since deleting the newest rows is
+    /// only detectable against such a copy.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum UsageAction {
+    /// Per tenant and tier for one calendar month (UTC): requests by outcome, tokens,
+    /// device-seconds, list cost, subsidy, tenant charge and budget left.
+    Report {
+        /// The month, as YYYY-MM.
+        #[arg(long)]
+        month: String,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,12 +89,25 @@ fn main() -> anyhow::Result<()> {
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Models { action } => models_command(&config, action),
+        Command::Ledger {
+            action: LedgerAction::Verify,
+        } => ledger_verify(&config),
+        Command::Usage {
+            action:
+                UsageAction::Report {
+                    month,
+                    tenant,
+                    format,
+                },
+        } => usage_report(&config, &month, tenant.as_deref(), format),
         Command::Serve { listen } => {
             if let Some(addr) = listen {
                 config.listen = addr;
             }
             set_cpu_threads(config.cpu_threads());
-            tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective config");
+            let mut shown = config.clone();
+            shown.ledger.url = config.ledger.redacted_url();
+            tracing::info!(config = %serde_json::to_string(&shown).unwrap_or_default(), "effective config");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -108,6 +157,68 @@ fn models_command(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
         println!("{}: ok ({})", manifest.name, dir.display());
     }
     Ok(())
+}
+
+/// Opens the configured ledger for reading; a missing SQLite file is an error here (a typo in
+/// the path must not read as an empty ledger).
+fn open_existing_ledger(config: &Config) -> anyhow::Result<Box<dyn ledger::Store>> {
+    let url = config.ledger.redacted_url();
+    if let Some(path) = config.ledger.url.strip_prefix("sqlite://") {
+        anyhow::ensure!(Path::new(path).is_file(), "no ledger file at {path}");
+    }
+    ledger::open_store(&config.ledger).with_context(|| format!("cannot open the ledger {url}"))
+}
+
+fn ledger_verify(config: &Config) -> anyhow::Result<()> {
+    let mut store = open_existing_ledger(config)?;
+    let report = ledger::verify(store.as_mut())?;
+    if report.chains.is_empty() {
+        println!("ledger is empty");
+        return Ok(());
+    }
+    for c in &report.chains {
+        let head = c
+            .head
+            .as_ref()
+            .map_or("-".into(), |(seq, hash)| format!("seq {seq} hash {hash}"));
+        match &c.first_break {
+            None => println!("chain {}: {} rows ok; head {head}", c.chain, c.rows_ok),
+            Some(b) => println!(
+                "chain {}: BROKEN: {b} ({} rows ok before it; last good {head})",
+                c.chain, c.rows_ok
+            ),
+        }
+    }
+    if let Some(c) = report.chains.iter().find(|c| c.first_break.is_some()) {
+        let b = c.first_break.as_ref().expect("found above");
+        anyhow::bail!("ledger chain {:?} is broken: {b}", c.chain);
+    }
+    let rows: u64 = report.chains.iter().map(|c| c.rows_ok).sum();
+    println!(
+        "ledger intact: {} chain(s), {rows} rows; keep the head hashes above as anchors",
+        report.chains.len()
+    );
+    Ok(())
+}
+
+fn usage_report(
+    config: &Config,
+    month: &str,
+    tenant: Option<&str>,
+    format: ReportFormat,
+) -> anyhow::Result<()> {
+    let (from, to) = ledger::month_range(month)?;
+    let mut store = open_existing_ledger(config)?;
+    let records = store.records_between(from, to, tenant)?;
+    let report = ledger::build_report(&records, &tenant_budgets(config));
+    print!("{}", report.render(format));
+    Ok(())
+}
+
+/// Monthly budget of each tenant in micro-HKD (`None`: unlimited), for the report's "budget
+/// left". Empty until tenants are configured; unknown budgets print as "-".
+fn tenant_budgets(_config: &Config) -> BTreeMap<String, Option<i64>> {
+    BTreeMap::new()
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
