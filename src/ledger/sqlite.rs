@@ -20,11 +20,35 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         // Another process (a second gateway, `ledger verify`) may hold the write lock for a
         // moment; wait for it rather than fail.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        migrate(&mut conn)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Switching a new file to WAL, and a lock upgrade that could deadlock, fail at once
+        // with SQLITE_BUSY without consulting the busy timeout: retry those steps ourselves.
+        retry_busy(|| {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+        })?;
+        retry_busy(|| migrate(&mut conn))?;
         Ok(SqliteStore { conn })
+    }
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn retry_busy<T, E>(mut step: impl FnMut() -> Result<T, E>) -> Result<T, LedgerError>
+where
+    LedgerError: From<E>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match step().map_err(LedgerError::from) {
+            Err(LedgerError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
