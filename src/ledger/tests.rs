@@ -256,6 +256,16 @@ fn slot_taken_before_close_can_still_be_written() {
 }
 
 #[test]
+fn dropping_every_handle_flushes_and_stops_the_writer() {
+    let store = FlakyStore::default();
+    let (ledger, writer) = start_flaky(&store, 64);
+    write_n(&ledger.clone(), 30);
+    drop(ledger);
+    writer.join().expect("flushed");
+    assert_eq!(store.rows.lock().unwrap().len(), 30);
+}
+
+#[test]
 fn failed_writes_are_retried_until_stored() {
     let store = FlakyStore::default();
     store.fail_next.store(3, Ordering::SeqCst);
