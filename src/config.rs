@@ -7,7 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Environment variables with the prefix that are not config keys.
-const NON_KEY_VARS: &[&str] = &["TIERGATE_CONFIG", "TIERGATE_PYTHON", "TIERGATE_LOG"];
+const NON_KEY_VARS: &[&str] = &[
+    "TIERGATE_CONFIG",
+    "TIERGATE_PYTHON",
+    "TIERGATE_LOG",
+    "TIERGATE_ADMIN_KEY",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,7 +40,61 @@ pub struct Config {
     pub limits: Limits,
     /// Where usage records are kept (`[ledger]`).
     pub ledger: crate::ledger::LedgerConfig,
+    pub tenancy: TenancyConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Who may call: the tenant files and the guard in front of authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// `on`: every route but /health needs a tenant's key. `off` must be said explicitly:
+    /// every request is then the `anonymous` tenant on `anonymous_tier`.
+    pub auth: AuthMode,
+    pub tiers_file: PathBuf,
+    pub tenants_file: PathBuf,
+    /// Where `tiergate keys create` appends key hashes; may be missing (no keys yet).
+    pub keys_file: PathBuf,
+    /// Tier of the `anonymous` tenant when auth is off.
+    pub anonymous_tier: String,
+    /// SHA-256 (hex) of the admin key for /admin routes; the raw key may instead come from
+    /// the TIERGATE_ADMIN_KEY environment variable. Neither set: admin routes answer 401.
+    pub admin_key_sha256: Option<String>,
+    /// Per-client-IP flood guard in front of authentication: requests per second and burst.
+    pub ip_requests_per_second: u32,
+    pub ip_burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    On,
+    Off,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            auth: AuthMode::On,
+            tiers_file: PathBuf::from("config/tiers.toml"),
+            tenants_file: PathBuf::from("config/tenants.toml"),
+            keys_file: PathBuf::from("config/keys.toml"),
+            anonymous_tier: "research".into(),
+            admin_key_sha256: None,
+            ip_requests_per_second: 50,
+            ip_burst: 100,
+        }
+    }
+}
+
+impl TenancyConfig {
+    pub fn sources(&self) -> crate::tenancy::Sources {
+        crate::tenancy::Sources {
+            tiers: self.tiers_file.clone(),
+            tenants: self.tenants_file.clone(),
+            keys: self.keys_file.clone(),
+        }
+    }
 }
 
 /// Bounds on every request, so that no input can hold the gateway hostage.
@@ -107,6 +166,10 @@ pub struct ReplicaConfig {
     /// sized by the largest value here; 0 means one per available CPU.
     #[serde(default)]
     pub threads: usize,
+    /// Reserve this replica for one tier with `dedicated = true` (tiers.toml): it runs that
+    /// tier's requests only, and that tier's requests run only on such replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 fn default_batch() -> usize {
@@ -125,10 +188,18 @@ fn default_decode_steps() -> usize {
     2
 }
 fn default_replicas() -> Vec<ReplicaConfig> {
-    vec![ReplicaConfig {
-        device: "cpu".into(),
-        threads: 0,
-    }]
+    vec![
+        ReplicaConfig {
+            device: "cpu".into(),
+            threads: 0,
+            tier: None,
+        },
+        ReplicaConfig {
+            device: "cpu".into(),
+            threads: 0,
+            tier: Some("sandbox".into()),
+        },
+    ]
 }
 
 impl Default for Limits {
@@ -197,6 +268,7 @@ impl Default for Config {
             fetch_on_start: true,
             limits: Limits::default(),
             ledger: crate::ledger::LedgerConfig::default(),
+            tenancy: TenancyConfig::default(),
             models: vec![
                 ModelConfig::named("smollm2-135m-instruct"),
                 ModelConfig {

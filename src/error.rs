@@ -3,6 +3,8 @@
 //! Server-side failures answer a generic message; the detail goes to the log.
 
 use crate::infer::InferError;
+use crate::tenancy::headers::go_duration;
+use crate::tenancy::{Denied, LimitKind, Tenant};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -16,6 +18,9 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     pub retry_after: Option<Duration>,
+    /// Sent as `x-should-retry`: false where retrying cannot help (budget spent, a request
+    /// larger than any bucket), which the official SDKs obey.
+    pub should_retry: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -41,7 +46,64 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            should_retry: None,
         }
+    }
+
+    /// 429 for a tenant over one of its limits, worded as OpenAI words it.
+    pub fn rate_limited(denied: &Denied, tenant: &Tenant) -> Self {
+        let t = &tenant.terms;
+        let wait = denied.wait.max(Duration::from_millis(1));
+        let retry_in = format!("Please try again in {}.", go_duration(wait));
+        let (kind, code, message) = match denied.kind {
+            LimitKind::Requests => (
+                "requests",
+                "rate_limit_exceeded",
+                format!(
+                    "Rate limit reached for requests per minute (RPM): Limit {}, tier {}. {retry_in}",
+                    t.requests_per_minute, tenant.tier
+                ),
+            ),
+            LimitKind::Tokens => (
+                "tokens",
+                "rate_limit_exceeded",
+                format!(
+                    "Rate limit reached for tokens per minute (TPM): Limit {}, Remaining {}, tier {}. {retry_in}",
+                    t.tokens_per_minute, denied.status.remaining_tokens, tenant.tier
+                ),
+            ),
+            LimitKind::TooLarge => (
+                "tokens",
+                "rate_limit_exceeded",
+                format!(
+                    "Request too large for tier {}: prompt + max_tokens exceed the token burst of {}. \
+                     Lower max_tokens or shorten the prompt.",
+                    tenant.tier,
+                    if t.burst_tokens > 0 { t.burst_tokens } else { t.tokens_per_minute }
+                ),
+            ),
+            LimitKind::Concurrency => (
+                "requests",
+                "rate_limit_exceeded",
+                format!(
+                    "Too many concurrent requests: limit {} for tier {}. Retry when one finishes.",
+                    t.max_concurrent, tenant.tier
+                ),
+            ),
+            LimitKind::Budget => (
+                "insufficient_quota",
+                "insufficient_quota",
+                "You exceeded your monthly budget for this grant. Contact the compute centre."
+                    .to_string(),
+            ),
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message).with_code(code);
+        match denied.kind {
+            LimitKind::Budget | LimitKind::TooLarge => e.should_retry = Some(false),
+            LimitKind::Concurrency => e.retry_after = Some(Duration::from_secs(1)),
+            _ => e.retry_after = Some(wait),
+        }
+        e
     }
 
     /// 400 for a request that is well-formed JSON but asks for something invalid.
@@ -97,7 +159,7 @@ impl From<InferError> for ApiError {
             e
         };
         match err {
-            InferError::UnknownModel(_) => {
+            InferError::UnknownModel(_) | InferError::NoReplicas { .. } => {
                 ApiError::not_found(message).with_code("model_not_found")
             }
             InferError::WrongKind { .. } => {
@@ -147,6 +209,12 @@ impl IntoResponse for ApiError {
             headers.insert(
                 "retry-after-ms",
                 HeaderValue::from(retry.as_millis() as u64),
+            );
+        }
+        if let Some(retry) = self.should_retry {
+            response.headers_mut().insert(
+                "x-should-retry",
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
             );
         }
         response

@@ -9,6 +9,7 @@
 //! cancels the sequence and frees its slot. Model files come from `models/` manifests, verified
 //! by sha256 (`models`); everything tunable lives in one `config::Config`.
 
+pub mod app;
 pub mod backend;
 pub mod config;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod infer;
 pub mod ledger;
 pub mod models;
+pub mod tenancy;
 
 pub use http::{router, AppState};
 
@@ -30,7 +32,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The peer address feeds the per-IP flood guard.
+    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -5,11 +5,13 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tiergate::app;
 use tiergate::config::Config;
-use tiergate::infer::Engine;
 use tiergate::ledger::{self, ReportFormat};
 use tiergate::models::{self, Manifest};
+use tiergate::tenancy::MonotonicClock;
 use tiergate::AppState;
 
 #[derive(Parser)]
@@ -49,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         action: UsageAction,
     },
+    /// Tenant API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +79,18 @@ enum UsageAction {
         tenant: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a new key for a tenant: prints it once and appends only its SHA-256 to the
+    /// keys file (tenancy.keys_file). A running server picks it up on SIGHUP or
+    /// POST /admin/reload.
+    Create {
+        /// Tenant id, as in the tenants file.
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -100,6 +119,9 @@ fn main() -> anyhow::Result<()> {
                     format,
                 },
         } => usage_report(&config, &month, tenant.as_deref(), format),
+        Command::Keys {
+            action: KeysAction::Create { tenant },
+        } => create_key(&config, &tenant),
         Command::Serve { listen } => {
             if let Some(addr) = listen {
                 config.listen = addr;
@@ -216,9 +238,44 @@ fn usage_report(
 }
 
 /// Monthly budget of each tenant in micro-HKD (`None`: unlimited), for the report's "budget
-/// left". Empty until tenants are configured; unknown budgets print as "-".
-fn tenant_budgets(_config: &Config) -> BTreeMap<String, Option<i64>> {
-    BTreeMap::new()
+/// left", from the tenant files; unknown budgets print as "-".
+fn tenant_budgets(config: &Config) -> BTreeMap<String, Option<i64>> {
+    match app::load_directory(config) {
+        Ok(directory) => directory
+            .tenants
+            .values()
+            .map(|t| (t.id.clone(), t.budget_micro()))
+            .collect(),
+        Err(e) => {
+            eprintln!("note: budgets unknown ({e})");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn create_key(config: &Config, tenant: &str) -> anyhow::Result<()> {
+    let t = &config.tenancy;
+    let directory = tiergate::tenancy::Directory::load(&t.sources()).map_err(anyhow::Error::msg)?;
+    if !directory.tenants.contains_key(tenant) {
+        anyhow::bail!(
+            "no tenant {tenant:?} in {}; known: {}",
+            t.tenants_file.display(),
+            directory
+                .tenants
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let key = tiergate::tenancy::keys::create(&t.keys_file, tenant)
+        .with_context(|| format!("cannot write {}", t.keys_file.display()))?;
+    eprintln!(
+        "Key for {tenant} (shown once; only its hash is stored in {}):",
+        t.keys_file.display()
+    );
+    println!("{key}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -227,8 +284,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let fetch = config.fetch_on_start;
     let start_config = config.clone();
-    let engine = tokio::task::spawn_blocking(move || Engine::start(&start_config, fetch)).await??;
-    let state = AppState::new(engine, config.clone());
+    let clock = Arc::new(MonotonicClock::default());
+    let app = tokio::task::spawn_blocking(move || app::start(start_config, fetch, clock)).await??;
+    let (state, ledger_writer) = (app.state, app.ledger_writer);
+    tokio::spawn(reload_on_sighup(state.clone()));
     tracing::info!(listen = %config.listen, "serving; /ready turns 200 once every replica has loaded");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -260,10 +319,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!("shutdown grace period over; dropping remaining requests");
         }
     }
+    // Flush the ledger: no new records, the writer stores what it has, then exits.
+    state.ledger.close();
+    drop(state);
+    // Requests still running past the grace period hold ledger slots; do not wait forever.
+    let join = tokio::task::spawn_blocking(move || ledger_writer.join());
+    match tokio::time::timeout(grace, join).await {
+        Ok(Ok(Ok(()))) => tracing::info!("ledger flushed"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the ledger was not fully flushed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the ledger writer panicked"),
+        Err(_) => tracing::error!("the ledger writer did not finish within the grace period"),
+    }
     if load.is_finished() {
         load.await??;
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the tenant files (a bad file keeps the old ones; `app::reload` logs why).
+async fn reload_on_sighup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = app::reload(&state);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 async fn shutdown_signal() {

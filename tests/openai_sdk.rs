@@ -19,13 +19,14 @@ fn python() -> PathBuf {
     venv
 }
 
-#[test]
-fn openai_python_sdk_chat_stream_embeddings_and_typed_errors() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_openai_sdk.py");
-    let base_url = server().url("/v1");
+/// Runs a script of `tests/sdk` with `args`; it must print `passed` and exit 0.
+fn run_sdk_script(name: &str, args: &[String]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(name);
     let out = Command::new(python())
         .arg(&script)
-        .arg(&base_url)
+        .args(args)
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,5 +35,22 @@ fn openai_python_sdk_chat_stream_embeddings_and_typed_errors() {
         out.status.success(),
         "SDK checks failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn openai_python_sdk_chat_stream_embeddings_and_typed_errors() {
+    run_sdk_script("test_openai_sdk.py", &[server().url("/v1")]);
+}
+
+/// With real keys and a real clock: the SDK's automatic retry waits out a 429 and succeeds,
+/// and gives up at once on `x-should-retry: false`.
+#[test]
+fn openai_python_sdk_retries_rate_limits_and_not_spent_budgets() {
+    let mut config = tenant_config();
+    config.models.retain(|m| m.name == CHAT_MODEL);
+    let paced = create_key(&config, "t-one-per-second");
+    let broke = create_key(&config, "t-no-budget");
+    let server = spawn_server(config);
+    run_sdk_script("test_sdk_limits.py", &[server.url("/v1"), paced, broke]);
 }

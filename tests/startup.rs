@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use tiergate::infer::Engine;
-use tiergate::AppState;
+use std::sync::Arc;
+use tiergate::tenancy::MonotonicClock;
 
 // Without the `cuda` feature a `cuda:0` replica cannot load: a load failure every CPU build can
 // produce on demand.
@@ -14,8 +14,11 @@ async fn a_replica_that_cannot_load_names_itself_and_ready_stays_503() {
     let mut config = test_config();
     config.models.retain(|m| m.name == EMBED_MODEL);
     config.models[0].replicas[0].device = "cuda:0".into();
-    let engine = Engine::start(&config, false).expect("start spawns the replica threads");
-    let err = engine
+    let app = tiergate::app::start(config, false, Arc::new(MonotonicClock::default()))
+        .expect("start spawns the replica threads");
+    let err = app
+        .state
+        .engine
         .wait_ready()
         .await
         .expect_err("the load fails")
@@ -29,8 +32,7 @@ async fn a_replica_that_cannot_load_names_itself_and_ready_stays_503() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let state = AppState::new(engine, config);
-    tokio::spawn(tiergate::serve(listener, state, std::future::pending()));
+    tokio::spawn(tiergate::serve(listener, app.state, std::future::pending()));
     let ready = client()
         .get(format!("http://{addr}/ready"))
         .send()

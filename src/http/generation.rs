@@ -2,8 +2,11 @@
 //! completion, whole (JSON) or streamed (SSE ending with `data: [DONE]`).
 
 use super::dto::Usage;
+use super::meter::Meter;
 use crate::error::ApiError;
-use crate::infer::{FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, InferError};
+use crate::infer::{FinishReason, GenEvent, GenStream, GenerateModel, InferError, Prepared};
+use crate::ledger::Outcome;
+use crate::tenancy::{headers, RateStatus};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -49,23 +52,35 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Submits the request; errors before the first token become ordinary HTTP errors, errors
-/// after it become an error event at the end of the stream.
+/// Queues the admitted request; errors before the first token become ordinary HTTP errors,
+/// errors after it become an error event at the end of the stream. `meter` is ended with
+/// the outcome, or by its drop if the client leaves first.
 pub async fn respond(
     model: &GenerateModel,
-    req: GenRequest,
+    prepared: Prepared,
     call: Call,
     stream: bool,
+    mut meter: Meter,
+    status: RateStatus,
 ) -> Result<Response, ApiError> {
-    let gen = model.submit(req).await?;
-    if stream {
-        Ok(sse(gen, call))
+    let gen = match model.enqueue(prepared).await {
+        Ok(gen) => gen,
+        Err(e) => {
+            meter.fail(&e);
+            return Err(e.into());
+        }
+    };
+    meter.running(gen.progress.clone());
+    let mut response = if stream {
+        sse(gen, call, meter)
     } else {
-        collect(gen, call).await
-    }
+        collect(gen, call, meter).await?
+    };
+    headers::insert_status(response.headers_mut(), &status);
+    Ok(response)
 }
 
-async fn collect(mut gen: GenStream, call: Call) -> Result<Response, ApiError> {
+async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Response, ApiError> {
     let mut text = String::new();
     let (reason, completion) = loop {
         match gen.next().await {
@@ -74,11 +89,18 @@ async fn collect(mut gen: GenStream, call: Call) -> Result<Response, ApiError> {
                 reason,
                 completion_tokens,
             }) => break (reason, completion_tokens),
-            Some(GenEvent::Failed(e)) => return Err(e.into()),
+            Some(GenEvent::Failed(e)) => {
+                meter.fail(&e);
+                return Err(e.into());
+            }
             Some(GenEvent::Admitted) => {}
-            None => return Err(InferError::ShuttingDown.into()),
+            None => {
+                meter.fail(&InferError::ShuttingDown);
+                return Err(InferError::ShuttingDown.into());
+            }
         }
     };
+    meter.end(Outcome::Ok, completion as u64, None);
     let usage = Usage::new(gen.prompt_tokens, completion);
     let choice = match call.shape {
         Shape::Chat => json!({
@@ -112,9 +134,11 @@ struct StreamState {
     call: Call,
     pending: VecDeque<Event>,
     done: bool,
+    /// Taken when the stream ends; still here if the client leaves first (its drop bills).
+    meter: Option<Meter>,
 }
 
-fn sse(gen: GenStream, call: Call) -> Response {
+fn sse(gen: GenStream, call: Call, meter: Meter) -> Response {
     let mut pending = VecDeque::new();
     if call.shape == Shape::Chat {
         pending.push_back(chunk(
@@ -128,6 +152,7 @@ fn sse(gen: GenStream, call: Call) -> Response {
         call,
         pending,
         done: false,
+        meter: Some(meter),
     };
     let events = futures_util::stream::unfold(state, next_event);
     Sse::new(events)
@@ -164,6 +189,9 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
 
 impl StreamState {
     fn finish(&mut self, reason: FinishReason, completion_tokens: usize) {
+        if let Some(meter) = self.meter.take() {
+            meter.end(Outcome::Ok, completion_tokens as u64, None);
+        }
         let empty = match self.call.shape {
             Shape::Chat => json!({}),
             Shape::Completion => json!(""),
@@ -183,6 +211,9 @@ impl StreamState {
     }
 
     fn fail(&mut self, error: InferError) {
+        if let Some(meter) = self.meter.take() {
+            meter.fail(&error);
+        }
         let error = ApiError::from(error);
         self.pending
             .push_back(Event::default().data(error.body_json()));

@@ -1,17 +1,20 @@
 //! Route handlers.
 
+use super::auth::Caller;
 use super::dto::{
     chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
     EmbeddingRequest, PromptField, SamplingFields, StreamOptions, TokenizeRequest,
 };
 use super::extract::ApiJson;
 use super::generation::{respond, Call, Shape};
+use super::meter::Meter;
 use super::AppState;
 use crate::error::ApiError;
 use crate::infer::{
     EmbedInput, EmbedModel, GenRequest, GenerateModel, InferError, ModelHandle, PromptInput,
 };
-use axum::extract::{Path, State};
+use crate::ledger::Outcome;
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -45,6 +48,7 @@ fn embedder<'a>(state: &'a AppState, name: &str) -> Result<&'a EmbedModel, ApiEr
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
@@ -52,6 +56,7 @@ pub async fn chat(
     let stream = (req.stream, req.stream_options.as_ref());
     generate(
         &state,
+        &caller,
         &req.model,
         prompt,
         &req.sampling,
@@ -63,6 +68,7 @@ pub async fn chat(
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
@@ -76,6 +82,7 @@ pub async fn completions(
     let stream = (req.stream, req.stream_options.as_ref());
     generate(
         &state,
+        &caller,
         &req.model,
         prompt,
         &req.sampling,
@@ -85,9 +92,11 @@ pub async fn completions(
     .await
 }
 
-/// What chat and completions share once the prompt is known.
+/// What chat and completions share once the prompt is known: validate, admit against the
+/// tenant's limits, queue, answer; the meter bills whatever happens.
 async fn generate(
-    state: &AppState,
+    state: &Arc<AppState>,
+    caller: &Caller,
     model_name: &str,
     prompt: PromptInput,
     fields: &SamplingFields,
@@ -101,20 +110,20 @@ async fn generate(
         sampling: fields.sampling()?,
         stop: fields.stops()?,
         ignore_eos: fields.ignore_eos,
-        class: 0,
+        class: caller.tenant.class,
+        pool: caller.tenant.pool().map(str::to_string),
     };
     let include_usage = options.is_some_and(|o| o.include_usage);
-    respond(
-        model,
-        gen,
-        Call::new(model_name, shape, include_usage),
-        stream,
-    )
-    .await
+    let call = Call::new(model_name, shape, include_usage);
+    let mut meter = Meter::open(state, caller, model_name, call.id.clone())?;
+    let prepared = model.prepare(gen).await?;
+    let status = meter.admit(prepared.prompt_tokens(), prepared.max_tokens())?;
+    respond(model, prepared, call, stream, meter, status).await
 }
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> AppResult {
     let model = embedder(&state, &req.model)?;
@@ -144,7 +153,21 @@ pub async fn embeddings(
         EmbeddingInput::Tokens(ids) => EmbedInput::Tokens(vec![ids]),
         EmbeddingInput::TokenLists(v) => EmbedInput::Tokens(v),
     };
-    let out = model.embed(input, req.truncate).await?;
+    let request_id = format!("embd-{:032x}", rand::random::<u128>());
+    let mut meter = Meter::open(&state, &caller, &req.model, request_id)?;
+    let ids = model.tokenize(input, req.truncate).await?;
+    let tokens = ids.iter().map(Vec::len).sum();
+    let status = meter.admit(tokens, 0)?;
+    let pool = caller.tenant.pool();
+    let out = match model.embed_ids(ids, caller.tenant.class, pool).await {
+        Ok(out) => out,
+        Err(e) => {
+            meter.fail(&e);
+            return Err(e.into());
+        }
+    };
+    meter.ran(out.replica, out.queued, out.device_seconds);
+    meter.end(Outcome::Ok, 0, None);
     let data: Vec<Value> = out
         .vectors
         .iter()
@@ -158,13 +181,15 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
+    let mut response = Json(json!({
         "object": "list",
         "data": data,
         "model": req.model,
         "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
     }))
-    .into_response())
+    .into_response();
+    crate::tenancy::headers::insert_status(response.headers_mut(), &status);
+    Ok(response)
 }
 
 /// Little-endian f32 bytes in standard base64, as OpenAI's SDK decodes them.
@@ -265,7 +290,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         .engine
         .models()
         .filter_map(|(name, handle)| match handle {
-            ModelHandle::Generate(m) => Some((name.clone(), generation_stats(m))),
+            ModelHandle::Generate(m) => Some((name.clone(), generation_stats(&state, m))),
             ModelHandle::Embed(_) => None,
         })
         .collect();
@@ -282,8 +307,9 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Queue length and request outcomes of a generation model (until the metrics endpoint).
-fn generation_stats(model: &GenerateModel) -> Value {
+/// Queue length, request outcomes and the tokens admitted per tier (the share each tier
+/// actually got) of a generation model (until the metrics endpoint).
+fn generation_stats(state: &AppState, model: &GenerateModel) -> Value {
     let mut stats: serde_json::Map<String, Value> = model
         .counters
         .snapshot()
@@ -291,6 +317,21 @@ fn generation_stats(model: &GenerateModel) -> Value {
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
     stats.insert("queued".into(), json!(model.queued()));
+    let tiers = state.tenancy.directory().tier_names.clone();
+    let served: serde_json::Map<String, Value> = model
+        .served_tokens()
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, tokens)| tokens > 0)
+        .map(|(class, tokens)| {
+            let tier = tiers
+                .get(class)
+                .cloned()
+                .unwrap_or_else(|| format!("class-{class}"));
+            (tier, json!(tokens))
+        })
+        .collect();
+    stats.insert("admitted_tokens_by_tier".into(), Value::Object(served));
     Value::Object(stats)
 }
 

@@ -1,34 +1,39 @@
 //! The OpenAI-compatible HTTP API. Handlers are thin: parse (with our error shape), look up the
-//! model, call the infer layer, shape the answer.
+//! model, admit the request against the tenant's limits, call the infer layer, shape the
+//! answer. `auth::gate` runs in front of every route.
 
+mod admin;
+mod auth;
 mod dto;
 mod extract;
 mod generation;
 mod handlers;
+mod meter;
+
+pub use auth::{Caller, IpGuard};
+pub use generation::unix_now;
 
 use crate::config::Config;
 use crate::infer::Engine;
+use crate::ledger::Ledger;
+use crate::tenancy::keys::KeyHash;
+use crate::tenancy::Tenancy;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
-/// What every handler shares.
+/// What every handler shares. Built by `app::start`.
 pub struct AppState {
     pub engine: Engine,
     pub config: Config,
+    pub tenancy: Tenancy,
+    pub ledger: Ledger,
+    pub ip_guard: IpGuard,
+    /// Hash of the key of `/admin/*` routes; None: those routes always answer 401.
+    pub admin_key: Option<KeyHash>,
     /// Unix time of start-up, reported as each model's `created`.
     pub started: u64,
-}
-
-impl AppState {
-    pub fn new(engine: Engine, config: Config) -> Arc<Self> {
-        Arc::new(AppState {
-            engine,
-            config,
-            started: generation::unix_now(),
-        })
-    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,8 +48,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(handlers::detokenize))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
+        .route("/admin/reload", post(admin::reload))
+        .route("/admin/tenants", get(admin::tenants))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::gate,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 //! together are sorted by length before they are cut into forward passes, so similar lengths
 //! share a pass and little compute goes to padding.
 
-use super::queue::{ModelQueue, Refused};
+use super::queue::{ModelQueue, Pools, Refused};
 use super::{blocking, InferError};
 use crate::backend::Embedder;
 use crate::config::Limits;
@@ -29,17 +29,30 @@ pub enum EmbedInput {
 pub struct EmbedOutput {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: usize,
+    /// The replica index that ran it, its wait in the queue, and its share of model time
+    /// (each round's time split by the jobs' token counts).
+    pub replica: usize,
+    pub queued: Duration,
+    pub device_seconds: f64,
 }
 
 pub(crate) struct EmbedJob {
     inputs: Vec<Vec<u32>>,
+    enqueued: Instant,
     queue_deadline: Instant,
     queue_timeout: Duration,
     reply: oneshot::Sender<Reply>,
 }
 
 /// A job's answer: one vector per input, or why there is none.
-type Reply = Result<Vec<Vec<f32>>, InferError>;
+type Reply = Result<Done, InferError>;
+
+pub(crate) struct Done {
+    vectors: Vec<Vec<f32>>,
+    replica: usize,
+    queued: Duration,
+    device_seconds: f64,
+}
 
 impl EmbedJob {
     fn tokens(&self) -> usize {
@@ -56,12 +69,12 @@ pub struct EmbedModel {
     pub dim: usize,
     pub(crate) limits: Limits,
     pub(crate) queue_timeout: Duration,
-    pub(crate) queue: Arc<ModelQueue<EmbedJob>>,
+    pub(crate) queues: Pools<EmbedJob>,
 }
 
 impl Drop for EmbedModel {
     fn drop(&mut self) {
-        self.queue.close();
+        self.queues.close();
     }
 }
 
@@ -74,18 +87,37 @@ impl EmbedModel {
         truncate: bool,
     ) -> Result<EmbedOutput, InferError> {
         let inputs = self.tokenize(input, truncate).await?;
+        self.embed_ids(inputs, 0, None).await
+    }
+
+    /// Embeds inputs already tokenized and bounded by `tokenize`, queued in scheduling
+    /// `class` (the tenant's tier).
+    pub async fn embed_ids(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        class: usize,
+        pool: Option<&str>,
+    ) -> Result<EmbedOutput, InferError> {
         let prompt_tokens = inputs.iter().map(Vec::len).sum();
         let (reply, rx) = oneshot::channel();
         let queue_timeout = self.queue_timeout;
         let job = EmbedJob {
             inputs,
+            enqueued: Instant::now(),
             queue_deadline: Instant::now() + queue_timeout,
             queue_timeout,
             reply,
         };
         let cost = job.tokens();
-        self.queue
-            .push(0, cost, job)
+        let queue = self
+            .queues
+            .get(pool)
+            .ok_or_else(|| InferError::NoReplicas {
+                model: self.name.clone(),
+                pool: pool.unwrap_or("shared").to_string(),
+            })?;
+        queue
+            .push(class, cost, job)
             .map_err(|refused| match refused {
                 Refused::Full(_) | Refused::TooLarge(_) => InferError::Overloaded {
                     model: self.name.clone(),
@@ -95,16 +127,23 @@ impl EmbedModel {
             })?;
         let total = queue_timeout + Duration::from_secs(self.limits.request_timeout_secs);
         match tokio::time::timeout(total, rx).await {
-            Ok(Ok(result)) => Ok(EmbedOutput {
-                vectors: result?,
-                prompt_tokens,
-            }),
+            Ok(Ok(result)) => {
+                let done = result?;
+                Ok(EmbedOutput {
+                    vectors: done.vectors,
+                    prompt_tokens,
+                    replica: done.replica,
+                    queued: done.queued,
+                    device_seconds: done.device_seconds,
+                })
+            }
             Ok(Err(_)) => Err(InferError::ShuttingDown),
             Err(_) => Err(InferError::RequestTimeout(total)),
         }
     }
 
-    async fn tokenize(
+    /// Token ids of every input, checked against the request and model bounds.
+    pub async fn tokenize(
         &self,
         input: EmbedInput,
         truncate: bool,
@@ -193,6 +232,7 @@ pub(crate) fn run(
     name: &str,
     queue: &ModelQueue<EmbedJob>,
     knobs: EmbedKnobs,
+    replica: usize,
 ) {
     while queue.wait_for_work() {
         let jobs = take_jobs(queue, knobs, name);
@@ -203,14 +243,22 @@ pub(crate) fn run(
             .iter()
             .flat_map(|j| j.inputs.iter().map(Vec::as_slice))
             .collect();
+        let started = Instant::now();
         let result = embed_sorted(model, &inputs, knobs).map_err(|e| {
             tracing::error!(model = name, error = %e, "embedding failed");
             e
         });
+        let round = started.elapsed().as_secs_f64();
+        let total_tokens = jobs.iter().map(EmbedJob::tokens).sum::<usize>().max(1) as f64;
         let mut rows = result.as_ref().ok().map(|v| v.iter().cloned());
         for job in jobs {
             let answer = match (&mut rows, &result) {
-                (Some(rows), _) => Ok(rows.by_ref().take(job.inputs.len()).collect()),
+                (Some(rows), _) => Ok(Done {
+                    vectors: rows.by_ref().take(job.inputs.len()).collect(),
+                    replica,
+                    queued: started.saturating_duration_since(job.enqueued),
+                    device_seconds: round * job.tokens() as f64 / total_tokens,
+                }),
                 (None, Err(e)) => Err(InferError::Backend(e.clone())),
                 (None, Ok(_)) => Err(InferError::Backend("no rows".into())),
             };
@@ -376,6 +424,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let job = EmbedJob {
             inputs: lens.iter().map(|&n| vec![0; n]).collect(),
+            enqueued: Instant::now(),
             queue_deadline: Instant::now() + Duration::from_secs(60),
             queue_timeout: Duration::from_secs(60),
             reply,
@@ -399,12 +448,12 @@ mod tests {
             let queue = queue.clone();
             std::thread::spawn(move || {
                 let mut m = model();
-                run(&mut m, "m", &queue, knobs(100, 8));
+                run(&mut m, "m", &queue, knobs(100, 8), 0);
                 m.passes
             })
         };
-        let a_rows = ra.blocking_recv().unwrap().unwrap();
-        let b_rows = rb.blocking_recv().unwrap().unwrap();
+        let a_rows = ra.blocking_recv().unwrap().unwrap().vectors;
+        let b_rows = rb.blocking_recv().unwrap().unwrap().vectors;
         queue.close();
         let passes = worker.join().unwrap();
         assert_eq!(a_rows, vec![vec![4.0], vec![1.0]]);

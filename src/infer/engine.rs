@@ -5,7 +5,7 @@ use super::embed::{self, EmbedKnobs, EmbedModel};
 use super::gen_worker::{self, WorkerContext};
 use super::generate::GenerateModel;
 use super::policy::FairQueue;
-use super::queue::ModelQueue;
+use super::queue::{ModelQueue, Pools};
 use super::InferError;
 use crate::backend::chat_template::ChatTemplate;
 use crate::backend::device::DeviceSpec;
@@ -54,6 +54,8 @@ pub struct Engine {
     models: BTreeMap<String, ModelHandle>,
     pub replicas: Vec<ReplicaInfo>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Scheduling weight of each request class (the tenancy layer's tiers, in class order).
+    weights: Vec<f64>,
 }
 
 /// What a replica thread needs to load its model.
@@ -65,16 +67,30 @@ struct LoadSpec {
     max_seq_len: usize,
     device: DeviceSpec,
     replica: String,
+    /// Index among the model's replicas.
+    index: usize,
+    /// The dedicated tier it serves; None: the shared pool.
+    pool: Option<String>,
 }
 
 impl Engine {
     /// Prepares every model and starts the replica threads; returns before they finish
     /// loading (see `wait_ready`). With `fetch`, missing model files are installed first.
     pub fn start(config: &Config, fetch: bool) -> anyhow::Result<Engine> {
+        Self::start_with(config, fetch, &[1.0])
+    }
+
+    /// `start` with one scheduling class per entry of `weights` (the tiers' weights).
+    pub fn start_with(config: &Config, fetch: bool, weights: &[f64]) -> anyhow::Result<Engine> {
         let mut engine = Engine {
             models: BTreeMap::new(),
             replicas: Vec::new(),
             threads: Mutex::new(Vec::new()),
+            weights: if weights.is_empty() {
+                vec![1.0]
+            } else {
+                weights.to_vec()
+            },
         };
         for mc in &config.models {
             let manifest =
@@ -113,6 +129,24 @@ impl Engine {
 
     pub fn models(&self) -> impl Iterator<Item = (&String, &ModelHandle)> {
         self.models.iter()
+    }
+
+    /// Applies new class weights to every model's queue (a tier reload).
+    pub fn set_weights(&self, weights: &[f64]) {
+        for handle in self.models.values() {
+            match handle {
+                ModelHandle::Generate(m) => m.queues.set_weights(weights),
+                ModelHandle::Embed(m) => m.queues.set_weights(weights),
+            }
+        }
+    }
+
+    /// The device of a model's replica, as configured (`cpu`, `cuda:0`).
+    pub fn device_of(&self, model: &str, index: usize) -> Option<String> {
+        self.replicas
+            .iter()
+            .find(|r| r.model == model && r.index == index)
+            .map(|r| r.device.clone())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -159,25 +193,28 @@ impl Engine {
         let tokenizer = Arc::new(assets.tokenizer);
         let context_length = manifest.context_length.min(mc.max_seq_len);
         let knobs = mc.generate_knobs();
-        // Waiting requests are bounded by `max_queue`: beyond it, 503 at once. One class until
-        // the tenancy layer maps tiers to classes and weights.
-        let queue = Arc::new(ModelQueue::new(FairQueue::new(
-            &[1.0],
-            mc.max_queue,
-            knobs.max_batch_tokens,
-        )));
-        let ctx = Arc::new(WorkerContext {
-            name: mc.name.clone(),
-            tokenizer: tokenizer.clone(),
-            eos_ids: assets.eos_ids,
-            queue: queue.clone(),
-            knobs,
-        });
+        // Waiting requests are bounded by `max_queue` per pool: beyond it, 503 at once. One
+        // class per tier, served by weight.
+        let mut queues = Pools::default();
         for spec in self.load_specs(mc, &manifest, &dir, context_length)? {
-            let ctx = ctx.clone();
+            let queue = queues.get_or_insert(spec.pool.as_deref(), || {
+                ModelQueue::new(FairQueue::new(
+                    &self.weights,
+                    mc.max_queue,
+                    knobs.max_batch_tokens,
+                ))
+            });
+            let ctx = Arc::new(WorkerContext {
+                name: mc.name.clone(),
+                tokenizer: tokenizer.clone(),
+                eos_ids: assets.eos_ids.clone(),
+                queue,
+                knobs,
+            });
             self.spawn(spec, move |spec| {
                 let mut model = load_generator(spec)?;
-                Ok(Box::new(move || gen_worker::run(&mut *model, &ctx)))
+                let index = spec.index;
+                Ok(Box::new(move || gen_worker::run(&mut *model, &ctx, index)))
             })?;
         }
         Ok(Arc::new(GenerateModel {
@@ -187,7 +224,7 @@ impl Engine {
             context_length,
             limits: config.limits.clone(),
             queue_timeout: queue_timeout(config, mc),
-            queue,
+            queues,
             counters: Default::default(),
         }))
     }
@@ -201,23 +238,23 @@ impl Engine {
     ) -> anyhow::Result<Arc<EmbedModel>> {
         let tokenizer = Arc::new(bert::load_tokenizer(&dir)?);
         let dim = read_hidden_size(&dir)?;
-        // Embedding requests are admitted whatever their size (the batcher splits them).
-        let queue = Arc::new(ModelQueue::new(FairQueue::new(
-            &[1.0],
-            mc.max_queue,
-            usize::MAX,
-        )));
         let knobs = EmbedKnobs {
             max_batch_tokens: mc.embed_batch_tokens(),
             max_batch_rows: mc.max_batch_size,
         };
+        let mut queues = Pools::default();
         for spec in self.load_specs(mc, &manifest, &dir, manifest.context_length)? {
-            let (queue, name) = (queue.clone(), mc.name.clone());
+            // Embedding requests are admitted whatever their size (the batcher splits them).
+            let queue = queues.get_or_insert(spec.pool.as_deref(), || {
+                ModelQueue::new(FairQueue::new(&self.weights, mc.max_queue, usize::MAX))
+            });
+            let name = mc.name.clone();
             self.spawn(spec, move |spec| {
                 let device = spec.device.open(&spec.replica)?;
                 let mut model: Box<dyn Embedder> = Box::new(bert::load(&spec.dir, &device)?);
+                let index = spec.index;
                 Ok(Box::new(move || {
-                    embed::run(&mut *model, &name, &queue, knobs)
+                    embed::run(&mut *model, &name, &queue, knobs, index)
                 }))
             })?;
         }
@@ -228,7 +265,7 @@ impl Engine {
             dim,
             limits: config.limits.clone(),
             queue_timeout: queue_timeout(config, mc),
-            queue,
+            queues,
         }))
     }
 
@@ -256,6 +293,8 @@ impl Engine {
                 max_seq_len,
                 device,
                 replica: format!("{}#{i}", mc.name),
+                index: i,
+                pool: r.tier.clone(),
             });
         }
         Ok(specs)

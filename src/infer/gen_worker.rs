@@ -4,14 +4,16 @@
 //! one decode step for every decoding sequence together. Sequences join between steps and
 //! leave (finished, stopped or cancelled) at once, freeing their slot and budget.
 
-use super::generate::{FinishReason, GenEvent};
+use super::generate::{FinishReason, GenEvent, Progress};
 use super::policy::{BatchKnobs, SeqView, StepPlanner};
 use super::queue::ModelQueue;
 use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, StopMatcher};
 use super::InferError;
 use crate::backend::Generator;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
@@ -25,6 +27,7 @@ pub(crate) struct GenJob {
     pub enqueued: std::time::Instant,
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
+    pub progress: Arc<Progress>,
 }
 
 impl GenJob {
@@ -58,6 +61,7 @@ struct Sequence {
     generated: usize,
     last: u32,
     done: bool,
+    progress: Arc<Progress>,
 }
 
 /// Free slots and KV budget of one replica.
@@ -67,7 +71,8 @@ struct Capacity {
 }
 
 /// Runs until the queue is closed and no sequence is left (shutdown).
-pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext) {
+/// `replica` is this replica's index among the model's, reported in each request's progress.
+pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize) {
     let slots = model.spec().max_slots.min(ctx.knobs.max_batch_size);
     let mut cap = Capacity {
         free_slots: (0..slots).rev().collect(),
@@ -79,7 +84,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext) {
         if live.is_empty() && !ctx.queue.wait_for_work() {
             return;
         }
-        admit(ctx, &mut cap, &mut live);
+        admit(ctx, &mut cap, &mut live, replica);
         let views: Vec<SeqView> = live
             .iter()
             .map(|s| SeqView {
@@ -113,7 +118,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext) {
 /// Takes waiting requests into free slots while the fair pick fits the free KV budget.
 /// Requests whose client is gone or whose queue deadline passed (answered 503 by the async
 /// side) are dropped here and never reach the model.
-fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>) {
+fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, replica: usize) {
     let mut queue = ctx.queue.lock();
     let now = std::time::Instant::now();
     queue.retain(|job| {
@@ -141,6 +146,8 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>) {
             break;
         };
         cap.free_tokens -= job.cost();
+        let waited = now.saturating_duration_since(job.enqueued);
+        job.progress.admitted(replica, waited);
         live.push(Sequence {
             slot,
             cost: job.cost(),
@@ -155,6 +162,7 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>) {
             generated: 0,
             last: 0,
             done: false,
+            progress: job.progress,
         });
     }
 }
@@ -166,7 +174,11 @@ fn prefill_chunk(model: &mut dyn Generator, ctx: &WorkerContext, seq: &mut Seque
         return;
     }
     let chunk = &seq.prompt[seq.prefilled..seq.prefilled + n];
-    match guarded(|| model.prefill(seq.slot, chunk)) {
+    let started = Instant::now();
+    let result = guarded(|| model.prefill(seq.slot, chunk));
+    seq.progress
+        .add_device_time(started.elapsed().as_nanos() as u64);
+    match result {
         Ok(logits) => {
             seq.prefilled += n;
             if seq.prefilled == seq.prompt.len() {
@@ -196,7 +208,14 @@ fn decode_step(
         .iter()
         .map(|&i| (live[i].slot, live[i].last))
         .collect();
-    match guarded(|| model.decode(&batch)) {
+    let started = Instant::now();
+    let result = guarded(|| model.decode(&batch));
+    // The step's time is shared equally by the rows it decoded.
+    let share = started.elapsed().as_nanos() as u64 / active.len() as u64;
+    for &i in &active {
+        live[i].progress.add_device_time(share);
+    }
+    match result {
         Ok(rows) if rows.len() == active.len() => {
             for (&i, logits) in active.iter().zip(rows) {
                 live[i].accept(ctx, &logits);
@@ -237,6 +256,7 @@ impl Sequence {
     fn accept(&mut self, ctx: &WorkerContext, logits: &[f32]) {
         let token = self.sampler.sample(logits);
         self.generated += 1;
+        self.progress.generated.fetch_add(1, Ordering::Relaxed);
         self.last = token;
         if !self.ignore_eos && ctx.eos_ids.contains(&token) {
             let tail = self.stop.flush();

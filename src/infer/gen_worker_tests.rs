@@ -77,6 +77,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         enqueued: std::time::Instant::now(),
         queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         events: tx,
+        progress: Default::default(),
     };
     (job, rx)
 }
@@ -124,7 +125,7 @@ fn run_with(jobs: Vec<GenJob>, knobs: BatchKnobs) -> Calls {
         }
         queue.close();
     });
-    run(&mut model, &ctx);
+    run(&mut model, &ctx, 0);
     closer.join().unwrap();
     let calls = calls.lock().unwrap().clone();
     calls

@@ -2,11 +2,11 @@
 //! and hand back a stream of events.
 
 use super::gen_worker::GenJob;
-use super::queue::{ModelQueue, Refused};
+use super::queue::{Pools, Refused};
 use super::{blocking, InferError, SamplingParams};
 use crate::backend::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::Limits;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokenizers::Tokenizer;
@@ -35,6 +35,8 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     /// Scheduling class (the tenancy layer maps tiers to classes); 0 by default.
     pub class: usize,
+    /// The dedicated tier whose replicas must run it; None: the shared replicas.
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +69,80 @@ pub enum GenEvent {
     Failed(InferError),
 }
 
+/// What the worker has done for one request so far, readable at any moment (also after a
+/// cancellation, when no final event will say it): the usage ledger bills from it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Completion tokens sampled.
+    pub generated: AtomicU64,
+    /// This request's share of model time, in ns: its prefill chunks in full, and of each
+    /// decode step the step time divided by the rows decoded together.
+    pub device_ns: AtomicU64,
+    /// Time spent queued, in ns (set at admission).
+    pub queued_ns: AtomicU64,
+    /// Index + 1 of the replica that admitted it; 0 until admitted.
+    replica: AtomicUsize,
+}
+
+impl Progress {
+    pub(crate) fn admitted(&self, replica: usize, waited: Duration) {
+        self.queued_ns
+            .store(waited.as_nanos() as u64, Ordering::Relaxed);
+        self.replica.store(replica + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_device_time(&self, ns: u64) {
+        self.device_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The replica index, once admitted.
+    pub fn replica(&self) -> Option<usize> {
+        self.replica.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    pub fn generated(&self) -> u64 {
+        self.generated.load(Ordering::Relaxed)
+    }
+
+    pub fn device_seconds(&self) -> f64 {
+        self.device_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn queued(&self) -> Duration {
+        Duration::from_nanos(self.queued_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// A request that passed validation: its prompt ids and output budget are known, so the
+/// tenancy layer can reserve tokens before it is queued.
+#[derive(Debug)]
+pub struct Prepared {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    req: GenRequest,
+}
+
+impl Prepared {
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.len()
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Sets the scheduling class (the tenant's tier).
+    pub fn set_class(&mut self, class: usize) {
+        self.req.class = class;
+    }
+}
+
 /// The running request. Dropping it cancels the generation: the worker notices the closed
 /// channel before its next step and frees the sequence's slot.
 pub struct GenStream {
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    pub progress: Arc<Progress>,
     rx: mpsc::Receiver<GenEvent>,
     deadline: Instant,
     timeout: Duration,
@@ -161,28 +232,49 @@ pub struct GenerateModel {
     pub context_length: usize,
     pub(crate) limits: Limits,
     pub(crate) queue_timeout: Duration,
-    pub(crate) queue: Arc<ModelQueue<GenJob>>,
+    pub(crate) queues: Pools<GenJob>,
     pub counters: Arc<Counters>,
 }
 
 impl Drop for GenerateModel {
     /// No request can reach the model any more: let its replicas finish and exit.
     fn drop(&mut self) {
-        self.queue.close();
+        self.queues.close();
     }
 }
 
 impl GenerateModel {
-    /// Tokenizes the prompt, checks every bound, and enqueues the request. Returns once a
-    /// replica has admitted it, or at once with an error: 503 when the queue is full, 503
-    /// after `queue_timeout` if no replica took it, 400 for a prompt that cannot fit.
-    pub async fn submit(&self, req: GenRequest) -> Result<GenStream, InferError> {
+    /// Tokenizes the prompt and checks every bound: 400 for a prompt that cannot fit.
+    pub async fn prepare(&self, req: GenRequest) -> Result<Prepared, InferError> {
         let prompt = self.tokenize(req.prompt.clone(), true).await?;
         let max_tokens = self.check_lengths(prompt.len(), req.max_tokens)?;
+        Ok(Prepared {
+            prompt,
+            max_tokens,
+            req,
+        })
+    }
+
+    /// `prepare`, then `enqueue`.
+    pub async fn submit(&self, req: GenRequest) -> Result<GenStream, InferError> {
+        let prepared = self.prepare(req).await?;
+        self.enqueue(prepared).await
+    }
+
+    /// Puts a prepared request on the queue. Returns once a replica has admitted it, or at
+    /// once with an error: 503 when the queue is full, 503 after `queue_timeout` if no
+    /// replica took it.
+    pub async fn enqueue(&self, prepared: Prepared) -> Result<GenStream, InferError> {
+        let Prepared {
+            prompt,
+            max_tokens,
+            req,
+        } = prepared;
         // Room for every event the request can produce, so the worker's sends never block
         // a batch: one delta per token at most, plus Admitted and the final event.
         let (tx, mut rx) = mpsc::channel(max_tokens + 2);
         let queue_timeout = self.queue_timeout;
+        let progress = Arc::new(Progress::default());
         let job = GenJob {
             prompt,
             max_tokens,
@@ -192,10 +284,18 @@ impl GenerateModel {
             enqueued: std::time::Instant::now(),
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
+            progress: progress.clone(),
         };
         let prompt_tokens = job.prompt.len();
         let cost = job.cost();
-        self.queue.push(req.class, cost, job).map_err(|refused| match refused {
+        let queue = self
+            .queues
+            .get(req.pool.as_deref())
+            .ok_or_else(|| InferError::NoReplicas {
+                model: self.name.clone(),
+                pool: req.pool.clone().unwrap_or_else(|| "shared".into()),
+            })?;
+        queue.push(req.class, cost, job).map_err(|refused| match refused {
             Refused::Full(_) => {
                 bump(&self.counters.rejected_full);
                 InferError::Overloaded {
@@ -235,6 +335,7 @@ impl GenerateModel {
         Ok(GenStream {
             prompt_tokens,
             max_tokens,
+            progress,
             rx,
             deadline: Instant::now() + timeout,
             timeout,
@@ -269,7 +370,13 @@ impl GenerateModel {
 
     /// Requests waiting for a replica now.
     pub fn queued(&self) -> usize {
-        self.queue.lock().len()
+        self.queues.len()
+    }
+
+    /// Tokens (prompt + max_tokens) admitted so far per scheduling class: the share each
+    /// tier actually got.
+    pub fn served_tokens(&self) -> Vec<u64> {
+        self.queues.served_tokens()
     }
 
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError> {

@@ -16,7 +16,8 @@ pub mod text;
 pub use embed::{EmbedInput, EmbedModel, EmbedOutput};
 pub use engine::{Engine, ModelHandle, ReplicaInfo};
 pub use generate::{
-    Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, PromptInput,
+    Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, Prepared, Progress,
+    PromptInput,
 };
 pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;
@@ -56,6 +57,10 @@ pub enum InferError {
     /// A model failure; the detail is logged, clients see a generic message.
     #[error("model failure: {0}")]
     Backend(String),
+    /// The model has no replicas for the request's pool (a dedicated tier without its own
+    /// replicas, or a model served only on dedicated replicas).
+    #[error("The model `{model}` has no replicas serving your tier ({pool})")]
+    NoReplicas { model: String, pool: String },
 }
 
 impl InferError {

@@ -121,6 +121,24 @@ impl<T> FairQueue<T> {
         self.len = self.classes.iter().map(|c| c.items.len()).sum();
     }
 
+    /// New weights (a reload of the tier files). Classes only ever grow: a tier that
+    /// disappeared keeps its class, so requests already waiting in it are still served.
+    pub fn set_weights(&mut self, weights: &[f64]) {
+        let floor = self.min_active_time().unwrap_or(0.0);
+        for (i, &w) in weights.iter().enumerate() {
+            let weight = if w > 0.0 { w } else { 1.0 };
+            match self.classes.get_mut(i) {
+                Some(class) => class.weight = weight,
+                None => self.classes.push(Class {
+                    weight,
+                    virtual_time: floor,
+                    served_tokens: 0,
+                    items: VecDeque::new(),
+                }),
+            }
+        }
+    }
+
     /// Tokens admitted so far per class, for the share each class actually got.
     pub fn served_tokens(&self) -> Vec<u64> {
         self.classes.iter().map(|c| c.served_tokens).collect()

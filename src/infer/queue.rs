@@ -5,7 +5,7 @@
 
 use super::policy::{FairQueue, PushError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub(crate) struct ModelQueue<T> {
     state: Mutex<FairQueue<T>>,
@@ -70,10 +70,77 @@ impl<T> ModelQueue<T> {
     }
 }
 
+/// The queues of one model: the shared pool (`None`) and one per tier with dedicated
+/// replicas. A dedicated tier's requests wait only in its own pool and other tiers' never do,
+/// so a regulated pilot's prompts never meet another tenant's batch.
+pub(crate) struct Pools<T> {
+    pools: Vec<(Option<String>, Arc<ModelQueue<T>>)>,
+}
+
+impl<T> Default for Pools<T> {
+    fn default() -> Self {
+        Pools { pools: Vec::new() }
+    }
+}
+
+impl<T> Pools<T> {
+    /// The queue of `pool`, made by `make` the first time it is asked for.
+    pub fn get_or_insert(
+        &mut self,
+        pool: Option<&str>,
+        make: impl FnOnce() -> ModelQueue<T>,
+    ) -> Arc<ModelQueue<T>> {
+        if let Some(q) = self.get(pool) {
+            return q.clone();
+        }
+        let q = Arc::new(make());
+        self.pools.push((pool.map(str::to_string), q.clone()));
+        q
+    }
+
+    /// The queue for requests of `pool` (None: tiers without dedicated replicas).
+    pub fn get(&self, pool: Option<&str>) -> Option<&Arc<ModelQueue<T>>> {
+        self.pools
+            .iter()
+            .find(|(p, _)| p.as_deref() == pool)
+            .map(|(_, q)| q)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ModelQueue<T>>> {
+        self.pools.iter().map(|(_, q)| q)
+    }
+
+    pub fn close(&self) {
+        self.all().for_each(|q| q.close());
+    }
+
+    /// Waiting requests over all pools.
+    pub fn len(&self) -> usize {
+        self.all().map(|q| q.lock().len()).sum()
+    }
+
+    /// Tokens admitted per class, summed over the pools.
+    pub fn served_tokens(&self) -> Vec<u64> {
+        let mut total: Vec<u64> = Vec::new();
+        for q in self.all() {
+            for (i, t) in q.lock().served_tokens().into_iter().enumerate() {
+                if total.len() <= i {
+                    total.resize(i + 1, 0);
+                }
+                total[i] += t;
+            }
+        }
+        total
+    }
+
+    pub fn set_weights(&self, weights: &[f64]) {
+        self.all().for_each(|q| q.lock().set_weights(weights));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn close_wakes_an_idle_waiter() {

@@ -4,9 +4,11 @@
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use tiergate::config::Config;
-use tiergate::infer::Engine;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use tiergate::config::{AuthMode, Config};
+use tiergate::tenancy::{Clock, MonotonicClock};
 use tiergate::AppState;
 
 pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
@@ -14,6 +16,8 @@ pub const EMBED_MODEL: &str = "all-minilm-l6-v2";
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The server's shared state: its limiter, ledger handle and engine.
+    pub state: Arc<AppState>,
 }
 
 impl Server {
@@ -22,23 +26,60 @@ impl Server {
     }
 }
 
-/// The default configuration as shipped, with a small body limit so 413 is cheap to test.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A fresh path under the system temp dir, unique in this process.
+pub fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    std::env::temp_dir().join(format!("tiergate-test-{}-{n}-{name}", std::process::id()))
+}
+
+/// The default configuration as shipped, with a small body limit so 413 is cheap to test,
+/// the test tiers of `tests/config`, auth off (every request is `anonymous` on the `open`
+/// tier, which never limits) and a ledger of its own in a temporary SQLite file.
 pub fn test_config() -> Config {
-    let limits = tiergate::config::Limits {
-        max_body_bytes: 64 * 1024,
-        ..Default::default()
-    };
-    Config {
-        models_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        limits,
+    let mut config = Config {
+        models_dir: repo_path("models"),
         ..Config::default()
-    }
+    };
+    config.limits.max_body_bytes = 64 * 1024;
+    let t = &mut config.tenancy;
+    t.auth = AuthMode::Off;
+    t.anonymous_tier = "open".into();
+    t.tiers_file = repo_path("tests/config/tiers.toml");
+    t.tenants_file = repo_path("tests/config/tenants.toml");
+    t.keys_file = temp_path("keys.toml");
+    // The tests send bursts from one address.
+    t.ip_requests_per_second = 100_000;
+    t.ip_burst = 100_000;
+    config.ledger.url = format!("sqlite://{}", temp_path("ledger.db").display());
+    config
+}
+
+/// `test_config` with authentication on: tenants of `tests/config/tenants.toml`.
+pub fn tenant_config() -> Config {
+    let mut config = test_config();
+    config.tenancy.auth = AuthMode::On;
+    config
+}
+
+/// Makes an API key for `tenant` in the config's keys file (reload the server after).
+pub fn create_key(config: &Config, tenant: &str) -> String {
+    tiergate::tenancy::keys::create(&config.tenancy.keys_file, tenant).expect("key")
 }
 
 /// Starts a gateway on its own thread and runtime, so that it outlives each test's runtime.
 /// Blocks until every replica has loaded. Model files must be installed (`tiergate models
 /// fetch`; `.ci/run` does it): the error says so otherwise.
 pub fn spawn_server(config: Config) -> Server {
+    spawn_server_with_clock(config, Arc::new(MonotonicClock::default()))
+}
+
+/// `spawn_server` with the limiter on `clock` (a `ManualClock` pauses limit time).
+pub fn spawn_server_with_clock(config: Config, clock: Arc<dyn Clock>) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,23 +88,23 @@ pub fn spawn_server(config: Config) -> Server {
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let engine = Engine::start(&config, false)
+            let app = tiergate::app::start(config, false, clock)
                 .expect("models are installed (run `tiergate models fetch`)");
-            engine.wait_ready().await.expect("replicas load");
+            app.state.engine.wait_ready().await.expect("replicas load");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
+            tx.send((listener.local_addr().expect("addr"), app.state.clone()))
                 .expect("report address");
-            let state = AppState::new(engine, config);
-            tiergate::serve(listener, state, std::future::pending())
+            // The writer thread lives as long as the process.
+            std::mem::forget(app.ledger_writer);
+            tiergate::serve(listener, app.state, std::future::pending())
                 .await
                 .expect("serve");
         });
     });
-    Server {
-        addr: rx.recv().expect("server started"),
-    }
+    let (addr, state) = rx.recv().expect("server started");
+    Server { addr, state }
 }
 
 /// The shared gateway of this test binary.

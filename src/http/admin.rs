@@ -1,0 +1,59 @@
+//! Operator routes under `/admin`, behind the admin key: reload the tenant files, and see
+//! each tenant's terms and live limiter state (never keys).
+
+use super::AppState;
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Re-reads tiers, tenants and keys. A file that does not validate keeps the old directory
+/// and answers 422 with the reason; requests keep flowing either way.
+pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    match crate::app::reload(&state) {
+        Ok(d) => Ok(Json(json!({
+            "status": "reloaded",
+            "tiers": d.tier_names.len(),
+            "tenants": d.tenants.len(),
+            "keys": d.key_count(),
+        }))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            format!("reload failed; the previous configuration stays in force: {e}"),
+        )
+        .with_code("invalid_config")),
+    }
+}
+
+pub async fn tenants(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let directory = state.tenancy.directory();
+    let limiter = &state.tenancy.limiter;
+    let tenants: Vec<Value> = directory
+        .tenants
+        .values()
+        .map(|t| {
+            let s = limiter.status(t);
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "tier": t.tier,
+                "grant": t.grant,
+                "in_flight": limiter.in_flight(&t.id),
+                "remaining_requests": s.remaining_requests,
+                "remaining_tokens": s.remaining_tokens,
+                "terms": {
+                    "requests_per_minute": t.terms.requests_per_minute,
+                    "tokens_per_minute": t.terms.tokens_per_minute,
+                    "max_concurrent": t.terms.max_concurrent,
+                    "subsidy_rate": t.terms.subsidy_rate,
+                    "monthly_budget_hkd": t.terms.monthly_budget_hkd,
+                    "weight": t.terms.weight,
+                },
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": tenants}))
+}

@@ -1,0 +1,140 @@
+//! Tenants, subsidy tiers and their limits.
+//!
+//! A request's key names its tenant (`Directory::authenticate`); the tenant's tier gives its
+//! terms; the `Limiter` admits or refuses it against those terms, all-or-nothing; the
+//! returned `Admission` holds the reservation until the request ends and settles it exactly
+//! once (explicitly with the real usage, or on drop with none), so cancelled and failed
+//! requests give back what they reserved.
+
+pub mod directory;
+#[cfg(test)]
+mod directory_tests;
+pub mod gcra;
+pub mod headers;
+pub mod keys;
+pub mod limiter;
+#[cfg(test)]
+mod limiter_tests;
+
+pub use directory::{Directory, Sources, Tenant, Tier};
+pub use limiter::{
+    Ask, Clock, Denied, LimitKind, Limiter, LocalLimiter, ManualClock, MonotonicClock, RateStatus,
+    Reservation, Usage,
+};
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// The tenant of every request when authentication is off.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A reservation held for the life of one request.
+pub struct Admission {
+    limiter: Arc<dyn Limiter>,
+    tenant: Arc<Tenant>,
+    reservation: Option<Reservation>,
+    pub status: RateStatus,
+}
+
+impl Admission {
+    pub fn new(
+        limiter: Arc<dyn Limiter>,
+        tenant: Arc<Tenant>,
+        reservation: Reservation,
+        status: RateStatus,
+    ) -> Self {
+        Admission {
+            limiter,
+            tenant,
+            reservation: Some(reservation),
+            status,
+        }
+    }
+
+    /// Books what the request used and gives back the rest.
+    pub fn settle(mut self, used: Usage) {
+        self.finish(used);
+    }
+
+    fn finish(&mut self, used: Usage) {
+        if let Some(r) = self.reservation.take() {
+            self.limiter.settle(&self.tenant, r, used);
+        }
+    }
+}
+
+impl Drop for Admission {
+    /// Ended without a settlement (an error before the model ran, a panic): nothing used.
+    fn drop(&mut self) {
+        self.finish(Usage::default());
+    }
+}
+
+/// The live directory; a reload swaps in a new one without stopping requests.
+pub struct Tenancy {
+    directory: RwLock<Arc<Directory>>,
+    pub limiter: Arc<dyn Limiter>,
+    /// None when authentication is off: every request is `ANONYMOUS`.
+    pub sources: Option<Sources>,
+}
+
+impl Tenancy {
+    pub fn new(directory: Directory, limiter: Arc<dyn Limiter>, sources: Option<Sources>) -> Self {
+        Tenancy {
+            directory: RwLock::new(Arc::new(directory)),
+            limiter,
+            sources,
+        }
+    }
+
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        self.sources.is_some()
+    }
+
+    /// Re-reads the files. On error the old directory stays and the error is returned.
+    pub fn reload(&self) -> Result<Arc<Directory>, String> {
+        let Some(sources) = &self.sources else {
+            return Ok(self.directory());
+        };
+        let fresh = Arc::new(Directory::load(sources)?);
+        *self
+            .directory
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
+    }
+}
+
+/// The calendar month (UTC) of a unix time in ms, as yyyymm.
+pub fn month_of(unix_ms: i64) -> u32 {
+    let days = unix_ms.div_euclid(86_400_000);
+    let (y, m, _) = civil_from_days(days);
+    (y * 100 + m) as u32
+}
+
+/// Howard Hinnant's days-to-civil conversion: (year, month, day) of a day count since
+/// 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
