@@ -87,9 +87,11 @@ pub fn spawn_server_with_clock(config: Config, clock: Arc<dyn Clock>) -> Server 
             .enable_all()
             .build()
             .expect("runtime");
+        // Start-up blocks (it may open a PostgreSQL ledger with the sync client): outside
+        // the async context.
+        let app = tiergate::app::start(config, false, clock)
+            .expect("models are installed (run `tiergate models fetch`)");
         runtime.block_on(async move {
-            let app = tiergate::app::start(config, false, clock)
-                .expect("models are installed (run `tiergate models fetch`)");
             app.state.engine.wait_ready().await.expect("replicas load");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
