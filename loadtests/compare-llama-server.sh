@@ -33,7 +33,11 @@ wait_ready() { # url
 config=$(mktemp --suffix=.toml)
 sed -e "0,/^max_batch_size = .*/s//max_batch_size = $slots/" \
     -e "0,/threads = 0/s//threads = $threads/" config/tiergate.toml > "$config"
-"$TIERGATE" --config "$config" serve --listen "127.0.0.1:$port_ours" > loadtests/results/compare-tiergate.log 2>&1 &
+# No keys (llama-server has none either): the anonymous tenant on the commercial tier, whose
+# 16 concurrent requests cover the scenarios; its ledger beside the log.
+TIERGATE_TENANCY__AUTH=off TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
+    TIERGATE_LEDGER__URL=sqlite://loadtests/results/compare-tiergate.ledger.db \
+    "$TIERGATE" --config "$config" serve --listen "127.0.0.1:$port_ours" > loadtests/results/compare-tiergate.log 2>&1 &
 ours=$!
 trap 'kill $ours 2>/dev/null || true; kill ${peer:-0} 2>/dev/null || true' EXIT
 wait_ready "http://127.0.0.1:$port_ours/ready"

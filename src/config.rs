@@ -41,7 +41,49 @@ pub struct Config {
     /// Where usage records are kept (`[ledger]`).
     pub ledger: crate::ledger::LedgerConfig,
     pub tenancy: TenancyConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// The Prometheus endpoint, on its own listener so that it can stay private.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address of `GET /metrics` (default: localhost only).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` (for people) or `json` (one object per line, for log pipelines).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
 /// Who may call: the tenant files and the guard in front of authentication.
@@ -269,6 +311,8 @@ impl Default for Config {
             limits: Limits::default(),
             ledger: crate::ledger::LedgerConfig::default(),
             tenancy: TenancyConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             models: vec![
                 ModelConfig::named("smollm2-135m-instruct"),
                 ModelConfig {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod infer;
 pub mod ledger;
+pub mod metrics;
 pub mod models;
 pub mod tenancy;
 
@@ -35,6 +36,21 @@ pub async fn serve(
     // The peer address feeds the per-IP flood guard.
     let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown` resolves. A scrape
+/// reads atomics and briefly locks each model queue to count it; it never waits on a replica.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(http::metrics_text))
+        .with_state(state);
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

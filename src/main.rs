@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tiergate::app;
-use tiergate::config::Config;
+use tiergate::config::{Config, LogFormat};
 use tiergate::ledger::{self, ReportFormat};
 use tiergate::models::{self, Manifest};
 use tiergate::tenancy::MonotonicClock;
@@ -104,8 +104,8 @@ enum ModelsAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
     let mut config = load_config(cli.config.as_deref())?;
+    init_tracing(config.log.format);
     match cli.command {
         Command::Models { action } => models_command(&config, action),
         Command::Ledger {
@@ -139,12 +139,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = std::env::var("TIERGATE_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false)
-        .init();
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+    if format == LogFormat::Json {
+        // One JSON object per line, with the request span's fields (its id) on each line.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+        return;
+    }
+    builder.with_target(false).init();
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -307,6 +315,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    if config.metrics.enabled {
+        let metrics = tokio::net::TcpListener::bind(config.metrics.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (metrics)", config.metrics.listen))?;
+        tracing::info!(listen = %config.metrics.listen, "metrics on /metrics");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(tiergate::serve_metrics(
+            metrics,
+            state.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let mut stop = stop_rx.clone();
     let server = tiergate::serve(listener, state.clone(), async move {
         let _ = stop.wait_for(|s| *s).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub struct Target {
     /// Base URL without `/v1`, e.g. `http://127.0.0.1:8080`.
     pub url: String,
-    /// Sent as `Authorization: Bearer …` when set (LiteLLM needs one; ours ignores it).
+    /// Sent as `Authorization: Bearer …` when set (a tenant's key for tiergate; LiteLLM needs one too).
     pub api_key: Option<String>,
     /// Reuse connections between requests. Off by default: llama-server closes a connection
     /// after some streamed responses, and a request that the client writes into such a
@@ -65,6 +65,8 @@ pub struct Sample {
     pub prompt_tokens: Option<u64>,
     /// What went wrong, for a failed request: the error chain or the start of the body.
     pub detail: Option<String>,
+    /// When to retry, from a refusal's `retry-after-ms` (else `retry-after`, in seconds).
+    pub retry_after: Option<Duration>,
 }
 
 /// The JSON body of request `i` of a scenario. `ignore_eos` makes every request produce
@@ -141,6 +143,7 @@ async fn exchange(
     let mut resp = req.send().await.map_err(transport)?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
+        tally.retry_after = retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
         return Err((Outcome::Status(status), body.chars().take(300).collect()));
     }
@@ -165,6 +168,18 @@ async fn exchange(
     Ok(())
 }
 
+/// The wait a refusal asks for: `retry-after-ms` (OpenAI's, exact) or else `retry-after` in
+/// whole seconds (an HTTP date is not used by the servers we test and is ignored).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let v: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+}
+
 /// Accumulates the timing and counts of one response as its events arrive.
 #[derive(Debug)]
 pub struct Tally {
@@ -177,6 +192,7 @@ pub struct Tally {
     usage_prompt: Option<u64>,
     /// The message of an error event in a 200 stream.
     error: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 impl Tally {
@@ -190,6 +206,7 @@ impl Tally {
             usage_completion: None,
             usage_prompt: None,
             error: None,
+            retry_after: None,
         }
     }
 
@@ -244,6 +261,7 @@ impl Tally {
             tokens_from_usage: self.usage_completion.is_some(),
             prompt_tokens: self.usage_prompt,
             detail: None,
+            retry_after: self.retry_after,
         }
     }
 }
@@ -295,6 +313,23 @@ mod tests {
         let mut t = Tally::new(Instant::now());
         t.on_data(r#"{"error": {"message": "boom"}}"#, Instant::now());
         assert_eq!(t.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn retry_after_prefers_milliseconds_and_ignores_dates() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        let mut date = HeaderMap::new();
+        date.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&date), None);
     }
 
     #[test]

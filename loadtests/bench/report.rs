@@ -136,7 +136,7 @@ pub fn table(rows: &[Row]) -> String {
 pub const CSV_HEADER: &str = "unix_time,scenario,labels,url,endpoint,model,stream,max_tokens,\
 concurrency,rate,requests,ok,errors,output_tokens,wall_s,output_tok_s,ttft_p50_ms,ttft_p95_ms,\
 ttft_p99_ms,itl_p50_ms,itl_p95_ms,e2e_p50_ms,e2e_p95_ms,prompt_tokens_mean,tokens_from,\
-server_cpu_s,client_cpu_s";
+server_cpu_s,client_cpu_s,e2e_mean_ms";
 
 /// A CSV field, quoted when it holds a separator, a quote or a line break (RFC 4180).
 fn csv_field(s: &str) -> String {
@@ -181,6 +181,7 @@ pub fn csv_line(r: &Row) -> String {
         s.tokens_from.as_str().to_string(),
         num(r.cpu.server_s),
         num(r.cpu.client_s),
+        num(s.e2e_mean_ms),
     ];
     fields.join(",")
 }
@@ -203,6 +204,7 @@ pub fn json_row(r: &Row) -> Value {
         "e2e_p50_ms": s.e2e_ms[0], "e2e_p95_ms": s.e2e_ms[1],
         "prompt_tokens_mean": s.prompt_tokens_mean, "tokens_from": s.tokens_from.as_str(),
         "server_cpu_s": r.cpu.server_s, "client_cpu_s": r.cpu.client_s,
+        "e2e_mean_ms": s.e2e_mean_ms,
     })
 }
 
@@ -256,6 +258,7 @@ mod tests {
             tokens_from_usage: true,
             prompt_tokens: None,
             detail: None,
+            retry_after: None,
         };
         let mut failed = sample.clone();
         failed.outcome = Outcome::Status(503);

@@ -3,7 +3,7 @@
 //! Both stop sending after `requests` requests or `duration_secs`, whichever comes first, and
 //! every request ends by its own `timeout_secs`, so a level always finishes by itself.
 
-use super::client::{self, Sample, Target};
+use super::client::{self, Outcome, Sample, Target};
 use super::cpu::Meter;
 use super::report::Row;
 use super::scenario::{Load, Scenario};
@@ -132,7 +132,13 @@ async fn closed_loop(ctx: &Ctx, concurrency: usize, start: Instant) -> Vec<Sampl
                 if i >= ctx.scenario.requests || Instant::now() >= deadline {
                     break samples;
                 }
-                samples.push(client::send(&ctx.client, &ctx.target, &ctx.scenario, i).await);
+                let sample = client::send(&ctx.client, &ctx.target, &ctx.scenario, i).await;
+                let pause = backoff(&sample, ctx.scenario.backoff_429_ms);
+                samples.push(sample);
+                if let Some(pause) = pause {
+                    let until = (Instant::now() + pause).min(deadline);
+                    tokio::time::sleep_until(until.into()).await;
+                }
             }
         });
     }
@@ -141,6 +147,16 @@ async fn closed_loop(ctx: &Ctx, concurrency: usize, start: Instant) -> Vec<Sampl
         samples.extend(done.expect("a load worker panicked"));
     }
     samples
+}
+
+/// How long a closed-loop worker waits after `sample`: after a 429 and only with a backoff
+/// set, the longer of `backoff_ms` and the server's `retry-after`.
+pub fn backoff(sample: &Sample, backoff_ms: u64) -> Option<Duration> {
+    if backoff_ms == 0 || sample.outcome != Outcome::Status(429) {
+        return None;
+    }
+    let floor = Duration::from_millis(backoff_ms);
+    Some(sample.retry_after.map_or(floor, |r| r.max(floor)))
 }
 
 async fn open_loop(ctx: &Ctx, rate: f64, start: Instant) -> Vec<Sample> {
@@ -186,6 +202,30 @@ pub fn arrivals(seed: u64, rate: f64, max: usize, within: Duration) -> Vec<Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(status: u16, retry_after: Option<Duration>) -> Sample {
+        Sample {
+            outcome: Outcome::Status(status),
+            ttft: None,
+            itl: Vec::new(),
+            e2e: Duration::from_millis(1),
+            output_tokens: 0,
+            tokens_from_usage: false,
+            prompt_tokens: None,
+            detail: None,
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn backoff_waits_only_after_a_429_and_at_least_what_the_server_asks() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(&refused(429, Some(ms(1))), 0), None);
+        assert_eq!(backoff(&refused(503, Some(ms(1))), 250), None);
+        assert_eq!(backoff(&refused(429, None), 250), Some(ms(250)));
+        assert_eq!(backoff(&refused(429, Some(ms(1))), 250), Some(ms(250)));
+        assert_eq!(backoff(&refused(429, Some(ms(2000))), 250), Some(ms(2000)));
+    }
 
     #[test]
     fn arrivals_are_increasing_bounded_and_repeatable() {

@@ -116,6 +116,11 @@ pub struct Scenario {
     /// Seed of the open loop's arrival times, so two runs send on the same schedule.
     #[serde(default)]
     pub seed: u64,
+    /// Closed loop: after a 429, the worker waits this long (or the server's `retry-after`,
+    /// if longer) before its next request, as a client that backs off would. 0: no wait, and
+    /// a worker whose requests are refused at once sends thousands per second.
+    #[serde(default)]
+    pub backoff_429_ms: u64,
 }
 
 fn default_stream() -> bool {
@@ -151,6 +156,7 @@ impl Default for Scenario {
             warmup: default_warmup(),
             timeout_secs: default_timeout(),
             seed: 0,
+            backoff_429_ms: 0,
         }
     }
 }
@@ -268,6 +274,7 @@ mod tests {
         assert_eq!(s.endpoint, Endpoint::Chat);
         assert!(s.stream);
         assert_eq!(s.warmup, 2);
+        assert_eq!(s.backoff_429_ms, 0);
         assert_eq!(s.loads(), vec![Load::Open(0.5)]);
         assert_eq!(s.prompt(3), DEFAULT_PROMPT);
     }

@@ -55,6 +55,9 @@ pub struct Summary {
     pub ttft_ms: [Option<f64>; 3],
     pub itl_ms: [Option<f64>; 2],
     pub e2e_ms: [Option<f64>; 2],
+    /// Mean e2e latency: with a closed loop, the cost of one request that a fixed change
+    /// (e.g. per-request overhead) shifts one for one.
+    pub e2e_mean_ms: Option<f64>,
     pub prompt_tokens_mean: Option<f64>,
     pub tokens_from: TokenSource,
 }
@@ -109,6 +112,7 @@ pub fn summarize(samples: &[Sample], wall: Duration) -> Summary {
         ttft_ms: [50.0, 95.0, 99.0].map(|p| percentile(&ttft, p)),
         itl_ms: [50.0, 95.0].map(|p| percentile(&itl, p)),
         e2e_ms: [50.0, 95.0].map(|p| percentile(&e2e, p)),
+        e2e_mean_ms: (!e2e.is_empty()).then(|| e2e.iter().sum::<f64>() / e2e.len() as f64),
         prompt_tokens_mean,
         tokens_from: token_source(&ok),
     }
@@ -159,6 +163,7 @@ mod tests {
             tokens_from_usage: from_usage,
             prompt_tokens: Some(20),
             detail: None,
+            retry_after: None,
         }
     }
 
@@ -177,6 +182,7 @@ mod tests {
         assert_eq!(s.output_tokens, 150);
         assert!((s.output_tok_s - 75.0).abs() < 1e-9);
         assert!(close(s.e2e_ms[0], 2000.0));
+        assert!(close(s.e2e_mean_ms, 2000.0));
         assert!(close(s.itl_ms[0], 20.0));
         assert!(close(s.prompt_tokens_mean, 20.0));
         assert_eq!(s.tokens_from, TokenSource::Mixed);
@@ -189,6 +195,7 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(s.ttft_ms, [None; 3]);
+        assert_eq!(s.e2e_mean_ms, None);
         assert_eq!(s.tokens_from, TokenSource::None);
         assert_eq!(s.output_tok_s, 0.0);
     }

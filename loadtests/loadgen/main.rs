@@ -29,7 +29,7 @@ struct Args {
     /// Base URL of the server, without /v1.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Bearer token sent with each request (LiteLLM needs one).
+    /// Bearer token sent with each request: a tenant's key for tiergate (LiteLLM needs one too).
     #[arg(long, env = "LOADGEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Reuse connections between requests (see loadtests/README.md: off by default because
@@ -78,6 +78,10 @@ struct Args {
     /// Seed of the open loop's arrival times.
     #[arg(long)]
     seed: Option<u64>,
+    /// Closed loop: after a 429 a worker waits this many ms (or the server's retry-after, if
+    /// longer) before its next request; 0 (default) sends the next one at once.
+    #[arg(long)]
+    backoff_429_ms: Option<u64>,
     /// PID of the server under test when it runs on this machine: its CPU seconds per level
     /// are reported beside the load generator's own (Linux /proc).
     #[arg(long)]
@@ -124,6 +128,7 @@ impl Args {
         set(&mut s.warmup, &self.warmup);
         set(&mut s.timeout_secs, &self.timeout_secs);
         set(&mut s.seed, &self.seed);
+        set(&mut s.backoff_429_ms, &self.backoff_429_ms);
         if !self.prompt.is_empty() {
             (s.prompts, s.prompt_words) = (self.prompt.clone(), None);
         }
@@ -190,6 +195,8 @@ mod tests {
             "0.5,2",
             "--stream",
             "false",
+            "--backoff-429-ms",
+            "250",
             "--label",
             "server=x=y",
         ]);
@@ -200,6 +207,7 @@ mod tests {
         );
         assert!(s.concurrency.is_empty());
         assert_eq!(s.rate, [0.5, 2.0]);
+        assert_eq!(s.backoff_429_ms, 250);
         assert_eq!(args.labels, [("server".to_string(), "x=y".to_string())]);
     }
 

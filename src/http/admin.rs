@@ -1,10 +1,13 @@
-//! Operator routes under `/admin`, behind the admin key: reload the tenant files, and see
-//! each tenant's terms and live limiter state (never keys).
+//! Operator routes: under `/admin`, behind the admin key, reload the tenant files and see
+//! each tenant's terms and live limiter state (never keys); and the Prometheus text of the
+//! metrics listener.
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::infer::ModelHandle;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -56,4 +59,47 @@ pub async fn tenants(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
         .collect();
     Json(json!({"object": "list", "data": tenants}))
+}
+
+/// Prometheus exposition text; the figures read from live state are refreshed first.
+pub async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let m = crate::metrics::get();
+    for (name, handle) in state.engine.models() {
+        let waiting = match handle {
+            ModelHandle::Generate(g) => g.queued(),
+            ModelHandle::Embed(e) => e.queued(),
+        };
+        m.waiting
+            .with_label_values(&[name.as_str()])
+            .set(waiting as i64);
+    }
+    for r in &state.engine.replicas {
+        let replica = r.index.to_string();
+        m.replica_ready
+            .with_label_values(&[r.model.as_str(), &replica, &r.device])
+            .set(i64::from(r.is_ready()));
+    }
+    let tiers = state.tenancy.directory().tier_names.clone();
+    let mut admitted = vec![0u64; tiers.len()];
+    for (_, handle) in state.engine.models() {
+        let served = match handle {
+            ModelHandle::Generate(g) => g.served_tokens(),
+            ModelHandle::Embed(e) => e.served_tokens(),
+        };
+        for (class, tokens) in served.into_iter().enumerate().take(admitted.len()) {
+            admitted[class] += tokens;
+        }
+    }
+    for (tier, tokens) in tiers.iter().zip(admitted) {
+        m.admitted_tokens
+            .with_label_values(&[tier.as_str()])
+            .set(tokens as i64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
 }

@@ -7,15 +7,18 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::tenancy::keys::KeyHash;
 use crate::tenancy::{headers, Directory, Tenant, ANONYMOUS};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
 
 /// The authenticated caller, put in the request's extensions for the handlers.
 #[derive(Clone)]
@@ -23,6 +26,12 @@ pub struct Caller {
     pub tenant: Arc<Tenant>,
     /// The directory the tenant was found in (prices, tiers), consistent for the request.
     pub directory: Arc<Directory>,
+    /// `x-request-id`: the client's (when sane) or ours; also the ledger's request id.
+    pub request_id: String,
+    /// Route template, the metrics' `route` label.
+    pub route: String,
+    /// Set by the meter: it counts and logs the request itself, with its real outcome.
+    pub metered: Arc<AtomicBool>,
 }
 
 /// Requests per client IP, before authentication.
@@ -63,9 +72,85 @@ fn unauthorized(message: &str) -> ApiError {
         .with_code("invalid_api_key")
 }
 
-pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+/// The client's `x-request-id` when it is short and plain, else a new one.
+fn request_id_of(req: &Request) -> String {
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        });
+    given.map_or_else(
+        || format!("req-{:024x}", rand::random::<u128>() >> 32),
+        str::to_string,
+    )
+}
+
+/// Outermost layer: request id, span, and for requests no meter accounts for (errors before
+/// a model is reached, model lists, probes), the count and the access line.
+pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let request_id = request_id_of(&req);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let span = tracing::info_span!("request", id = %request_id, route = %route);
+    let started = Instant::now();
+    let metered = Arc::new(AtomicBool::new(false));
+    let ids = (request_id.clone(), route.clone(), metered.clone());
+    let (mut response, tier) = authorize_and_run(state, req, next, ids)
+        .instrument(span.clone())
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    if !metered.load(Ordering::Acquire) {
+        let status = response.status().as_u16();
+        let outcome = match status {
+            401 => "unauthorized",
+            429 => "rate_limited",
+            503 => "overloaded",
+            504 => "timeout",
+            s if s >= 500 => "error",
+            s if s >= 400 => "invalid",
+            _ => "ok",
+        };
+        let tier = tier.as_deref().unwrap_or("none");
+        crate::metrics::get()
+            .requests
+            .with_label_values(&[
+                &route,
+                "none",
+                tier,
+                crate::metrics::status_class(status),
+                outcome,
+            ])
+            .inc();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if route == "/health" {
+            tracing::debug!(parent: &span, status, ms, "access");
+        } else {
+            tracing::info!(parent: &span, status, tier, outcome, ms, "access");
+        }
+    }
+    response
+}
+
+/// Flood guard, then the key (or the admin key), then the handler. Returns the response and
+/// the caller's tier, when known.
+async fn authorize_and_run(
+    state: Arc<AppState>,
+    mut req: Request,
+    next: Next,
+    (request_id, route, metered): (String, String, Arc<AtomicBool>),
+) -> (Response, Option<String>) {
     if req.uri().path() == "/health" {
-        return next.run(req).await;
+        return (next.run(req).await, None);
     }
     if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
         if let Err(wait) = state.ip_guard.check(addr.ip()) {
@@ -76,36 +161,48 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
             )
             .with_code("rate_limit_exceeded");
             e.retry_after = Some(wait);
-            return e.into_response();
+            return (e.into_response(), None);
         }
     }
     if req.uri().path().starts_with("/admin/") {
-        return match (&state.admin_key, bearer(&req)) {
+        let response = match (&state.admin_key, bearer(&req)) {
             (Some(stored), Some(key)) if stored.ct_eq(&KeyHash::of(key)) => next.run(req).await,
             _ => unauthorized("This route needs the admin key").into_response(),
         };
+        return (response, Some("admin".into()));
     }
     let directory = state.tenancy.directory();
     let tenant = if state.tenancy.auth_enabled() {
         let Some(key) = bearer(&req) else {
-            return unauthorized(
+            let e = unauthorized(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
-            )
-            .into_response();
+            );
+            return (e.into_response(), None);
         };
         match directory.authenticate(key) {
             Some(tenant) => tenant,
-            None => return unauthorized("Incorrect API key provided.").into_response(),
+            None => {
+                return (
+                    unauthorized("Incorrect API key provided.").into_response(),
+                    None,
+                )
+            }
         }
     } else {
         match directory.tenants.get(ANONYMOUS) {
             Some(t) => t.clone(),
-            None => return unauthorized("No anonymous tenant is configured").into_response(),
+            None => {
+                let e = unauthorized("No anonymous tenant is configured");
+                return (e.into_response(), None);
+            }
         }
     };
     req.extensions_mut().insert(Caller {
         tenant: tenant.clone(),
         directory,
+        request_id,
+        route,
+        metered,
     });
     let mut response = next.run(req).await;
     // Handlers that admitted the request set the figures of that moment; every other
@@ -117,5 +214,5 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
         let status = state.tenancy.limiter.status(&tenant);
         headers::insert_status(response.headers_mut(), &status);
     }
-    response
+    (response, Some(tenant.tier.clone()))
 }

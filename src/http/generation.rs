@@ -71,12 +71,16 @@ pub async fn respond(
         }
     };
     meter.running(gen.progress.clone());
+    let prompt_tokens = gen.prompt_tokens;
     let mut response = if stream {
         sse(gen, call, meter)
     } else {
         collect(gen, call, meter).await?
     };
     headers::insert_status(response.headers_mut(), &status);
+    if let Ok(v) = prompt_tokens.to_string().parse() {
+        response.headers_mut().entry("x-prompt-tokens").or_insert(v);
+    }
     Ok(response)
 }
 
@@ -100,7 +104,7 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
             }
         }
     };
-    meter.end(Outcome::Ok, completion as u64, None);
+    let bill = meter.end(Outcome::Ok, completion as u64, None);
     let usage = Usage::new(gen.prompt_tokens, completion);
     let choice = match call.shape {
         Shape::Chat => json!({
@@ -117,7 +121,7 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
         Shape::Chat => "chat.completion",
         Shape::Completion => "text_completion",
     };
-    Ok(Json(json!({
+    let mut response = Json(json!({
         "id": call.id,
         "object": object,
         "created": call.created,
@@ -126,7 +130,11 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
         "choices": [choice],
         "usage": usage,
     }))
-    .into_response())
+    .into_response();
+    if let Some(bill) = bill {
+        bill.insert_headers(response.headers_mut());
+    }
+    Ok(response)
 }
 
 struct StreamState {
@@ -192,6 +200,8 @@ impl StreamState {
         if let Some(meter) = self.meter.take() {
             meter.end(Outcome::Ok, completion_tokens as u64, None);
         }
+        // A stream's cost is known only at its end, after the headers: the final usage
+        // chunk (include_usage) and the ledger carry it.
         let empty = match self.call.shape {
             Shape::Chat => json!({}),
             Shape::Completion => json!(""),

@@ -112,10 +112,11 @@ async fn generate(
         ignore_eos: fields.ignore_eos,
         class: caller.tenant.class,
         pool: caller.tenant.pool().map(str::to_string),
+        tier: caller.tenant.tier.clone(),
     };
     let include_usage = options.is_some_and(|o| o.include_usage);
     let call = Call::new(model_name, shape, include_usage);
-    let mut meter = Meter::open(state, caller, model_name, call.id.clone())?;
+    let mut meter = Meter::open(state, caller, model_name)?;
     let prepared = model.prepare(gen).await?;
     let status = meter.admit(prepared.prompt_tokens(), prepared.max_tokens())?;
     respond(model, prepared, call, stream, meter, status).await
@@ -153,8 +154,7 @@ pub async fn embeddings(
         EmbeddingInput::Tokens(ids) => EmbedInput::Tokens(vec![ids]),
         EmbeddingInput::TokenLists(v) => EmbedInput::Tokens(v),
     };
-    let request_id = format!("embd-{:032x}", rand::random::<u128>());
-    let mut meter = Meter::open(&state, &caller, &req.model, request_id)?;
+    let mut meter = Meter::open(&state, &caller, &req.model)?;
     let ids = model.tokenize(input, req.truncate).await?;
     let tokens = ids.iter().map(Vec::len).sum();
     let status = meter.admit(tokens, 0)?;
@@ -167,7 +167,7 @@ pub async fn embeddings(
         }
     };
     meter.ran(out.replica, out.queued, out.device_seconds);
-    meter.end(Outcome::Ok, 0, None);
+    let bill = meter.end(Outcome::Ok, 0, None);
     let data: Vec<Value> = out
         .vectors
         .iter()
@@ -189,6 +189,9 @@ pub async fn embeddings(
     }))
     .into_response();
     crate::tenancy::headers::insert_status(response.headers_mut(), &status);
+    if let Some(bill) = bill {
+        bill.insert_headers(response.headers_mut());
+    }
     Ok(response)
 }
 

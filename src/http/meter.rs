@@ -9,12 +9,48 @@ use crate::error::ApiError;
 use crate::infer::{InferError, Progress};
 use crate::ledger::{cost_split, Outcome, Price, RecordSlot, UsageRecord};
 use crate::tenancy::{self, Admission, Ask, LimitKind, RateStatus, Tenant, Usage};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What a finished request cost, for the response headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Bill {
+    pub queue_ms: f64,
+    pub compute_ms: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub list_micro_hkd: i64,
+    pub charge_micro_hkd: i64,
+    pub subsidy_rate: f64,
+}
+
+impl Bill {
+    /// `x-queue-time-ms`, `x-compute-time-ms`, token counts and the cost split.
+    pub fn insert_headers(&self, headers: &mut HeaderMap) {
+        let hkd = |micro: i64| format!("{:.6}", micro as f64 / 1e6);
+        let pairs = [
+            ("x-queue-time-ms", format!("{:.1}", self.queue_ms)),
+            ("x-compute-time-ms", format!("{:.1}", self.compute_ms)),
+            ("x-prompt-tokens", self.prompt_tokens.to_string()),
+            ("x-completion-tokens", self.completion_tokens.to_string()),
+            ("x-cost-list-hkd", hkd(self.list_micro_hkd)),
+            ("x-cost-tenant-hkd", hkd(self.charge_micro_hkd)),
+            ("x-subsidy-rate", self.subsidy_rate.to_string()),
+        ];
+        for (name, value) in pairs {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
 pub struct Meter {
     state: Arc<AppState>,
+    route: String,
+    started_at: Instant,
     slot: Option<RecordSlot>,
     admission: Option<Admission>,
     tenant: Arc<Tenant>,
@@ -30,12 +66,7 @@ pub struct Meter {
 
 impl Meter {
     /// Takes a ledger place for the request; none free means the writer is behind: 503.
-    pub fn open(
-        state: &Arc<AppState>,
-        caller: &Caller,
-        model: &str,
-        request_id: String,
-    ) -> Result<Meter, ApiError> {
+    pub fn open(state: &Arc<AppState>, caller: &Caller, model: &str) -> Result<Meter, ApiError> {
         if !caller.tenant.may_use(model) {
             return Err(ApiError::not_found(format!(
                 "The model `{model}` does not exist or your tier has no access to it"
@@ -52,8 +83,12 @@ impl Meter {
             e.retry_after = Some(Duration::from_secs(1));
             e
         })?;
+        // From here on the meter counts and logs this request with its real outcome.
+        caller.metered.store(true, Ordering::Release);
         Ok(Meter {
             state: state.clone(),
+            route: caller.route.clone(),
+            started_at: Instant::now(),
             slot: Some(slot),
             admission: None,
             tenant: caller.tenant.clone(),
@@ -64,7 +99,7 @@ impl Meter {
                 .cloned()
                 .unwrap_or_default(),
             model: model.to_string(),
-            request_id,
+            request_id: caller.request_id.clone(),
             started: Instant::now(),
             prompt_tokens: 0,
             progress: None,
@@ -132,8 +167,13 @@ impl Meter {
     }
 
     /// The request ended with `outcome`; `completion` tokens were produced.
-    pub fn end(mut self, outcome: Outcome, completion: u64, reason: Option<String>) {
-        self.record(outcome, completion, reason);
+    pub fn end(
+        mut self,
+        outcome: Outcome,
+        completion: u64,
+        reason: Option<String>,
+    ) -> Option<Bill> {
+        self.record(outcome, completion, reason)
     }
 
     /// Ended with an error: its outcome follows the error.
@@ -149,13 +189,16 @@ impl Meter {
         };
         let completion = self.progress.as_ref().map_or(0, |p| p.generated());
         let reason = error_code(error);
-        self.end(outcome, completion, Some(reason.into()))
+        self.end(outcome, completion, Some(reason.into()));
     }
 
-    fn record(&mut self, outcome: Outcome, completion: u64, reason: Option<String>) {
-        let Some(slot) = self.slot.take() else {
-            return;
-        };
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        completion: u64,
+        reason: Option<String>,
+    ) -> Option<Bill> {
+        let slot = self.slot.take()?;
         let progress = self.progress.as_deref();
         let (replica, queued, device_seconds) = match (progress, self.ran) {
             (Some(p), _) => (p.replica(), p.queued(), p.device_seconds()),
@@ -182,7 +225,7 @@ impl Meter {
             });
         }
         let queue_ms = queued.as_secs_f64() * 1e3;
-        slot.write(UsageRecord {
+        let record = UsageRecord {
             request_id: self.request_id.clone(),
             time_ms: tenancy::unix_ms_now(),
             tenant: self.tenant.id.clone(),
@@ -204,7 +247,76 @@ impl Meter {
             charge_micro_hkd: split.charge,
             outcome: outcome.as_str().to_string(),
             reason,
-        });
+        };
+        self.observe(&record, ran);
+        let bill = Bill {
+            queue_ms,
+            compute_ms: record.compute_ms,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            list_micro_hkd: split.list,
+            charge_micro_hkd: split.charge,
+            subsidy_rate: record.subsidy_rate,
+        };
+        slot.write(record);
+        Some(bill)
+    }
+
+    /// Metrics and the access line of the ended request (counts and times, never text).
+    fn observe(&self, r: &UsageRecord, ran: bool) {
+        let m = crate::metrics::get();
+        let outcome = r.outcome.as_str();
+        let status = match outcome {
+            "ok" | "cancelled" => "2xx",
+            "rate_limited" | "over_budget" | "invalid" => "4xx",
+            _ => "5xx",
+        };
+        let labels = [r.model.as_str(), r.tier.as_str()];
+        m.requests
+            .with_label_values(&[&self.route, &r.model, &r.tier, status, outcome])
+            .inc();
+        let seconds = self.started_at.elapsed().as_secs_f64();
+        if ran {
+            m.e2e.with_label_values(&labels).observe(seconds);
+            m.queue_time
+                .with_label_values(&labels)
+                .observe(r.queue_ms / 1e3);
+            m.prompt_len
+                .with_label_values(&labels)
+                .observe(r.prompt_tokens as f64);
+            m.output_len
+                .with_label_values(&labels)
+                .observe(r.completion_tokens as f64);
+            m.prompt_tokens
+                .with_label_values(&labels)
+                .inc_by(r.prompt_tokens);
+            m.generation_tokens
+                .with_label_values(&labels)
+                .inc_by(r.completion_tokens);
+        }
+        for (part, micro) in [
+            ("list", r.list_micro_hkd),
+            ("subsidy", r.subsidy_micro_hkd),
+            ("tenant_charge", r.charge_micro_hkd),
+        ] {
+            m.cost_hkd
+                .with_label_values(&[r.tier.as_str(), part])
+                .inc_by(micro as f64 / 1e6);
+        }
+        tracing::info!(
+            request_id = %r.request_id,
+            tenant = %r.tenant,
+            tier = %r.tier,
+            model = %r.model,
+            outcome,
+            reason = r.reason.as_deref().unwrap_or(""),
+            prompt_tokens = r.prompt_tokens,
+            completion_tokens = r.completion_tokens,
+            queue_ms = r.queue_ms,
+            compute_ms = r.compute_ms,
+            ms = seconds * 1e3,
+            "access"
+        );
     }
 }
 

@@ -10,6 +10,7 @@ mod generation;
 mod handlers;
 mod meter;
 
+pub use admin::metrics_text;
 pub use auth::{Caller, IpGuard};
 pub use generation::unix_now;
 

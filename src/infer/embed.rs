@@ -79,6 +79,16 @@ impl Drop for EmbedModel {
 }
 
 impl EmbedModel {
+    /// Requests waiting for a replica now.
+    pub fn queued(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Tokens admitted so far per scheduling class.
+    pub fn served_tokens(&self) -> Vec<u64> {
+        self.queues.served_tokens()
+    }
+
     /// Embeds every input (vectors in input order). Inputs longer than the model's limit are
     /// an error unless `truncate` is set; then they keep their first tokens.
     pub async fn embed(

@@ -13,7 +13,7 @@ use super::InferError;
 use crate::backend::Generator;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
@@ -28,6 +28,10 @@ pub(crate) struct GenJob {
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
     pub progress: Arc<Progress>,
+    /// Metrics label.
+    pub tier: String,
+    /// The request's span, so the replica thread's logs about it carry its request id.
+    pub span: tracing::Span,
 }
 
 impl GenJob {
@@ -62,12 +66,47 @@ struct Sequence {
     last: u32,
     done: bool,
     progress: Arc<Progress>,
+    tier: String,
+    span: tracing::Span,
+    enqueued: Instant,
+    admitted: Instant,
+    /// When the previous token was sampled (inter-token latency).
+    last_token_at: Instant,
 }
 
 /// Free slots and KV budget of one replica.
 struct Capacity {
     free_slots: Vec<usize>,
     free_tokens: usize,
+}
+
+/// A replica's own metric handles, resolved once (labels: model, replica).
+struct ReplicaMetrics {
+    step: prometheus::Histogram,
+    batch: prometheus::Histogram,
+    busy: prometheus::Counter,
+    running: prometheus::IntGauge,
+    slots_used: prometheus::IntGauge,
+    cancelled: prometheus::IntCounter,
+}
+
+impl ReplicaMetrics {
+    fn new(model: &str, replica: usize, slots: usize) -> Self {
+        let m = crate::metrics::get();
+        let replica = replica.to_string();
+        let labels = [model, replica.as_str()];
+        m.kv_slots_total
+            .with_label_values(&labels)
+            .set(slots as i64);
+        ReplicaMetrics {
+            step: m.decode_step.with_label_values(&labels),
+            batch: m.batch_size.with_label_values(&labels),
+            busy: m.busy_seconds.with_label_values(&labels),
+            running: m.running.with_label_values(&labels),
+            slots_used: m.kv_slots_used.with_label_values(&labels),
+            cancelled: m.cancelled_slots.with_label_values(&labels),
+        }
+    }
 }
 
 /// Runs until the queue is closed and no sequence is left (shutdown).
@@ -80,6 +119,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
     };
     let mut live: Vec<Sequence> = Vec::with_capacity(slots);
     let mut planner = StepPlanner::new(ctx.knobs);
+    let metrics = ReplicaMetrics::new(&ctx.name, replica, slots);
     loop {
         if live.is_empty() && !ctx.queue.wait_for_work() {
             return;
@@ -100,11 +140,19 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             Vec::new()
         };
         for &(i, n) in &plan.prefill {
-            prefill_chunk(model, ctx, &mut live[i], n);
+            let took = prefill_chunk(model, ctx, &mut live[i], n);
+            metrics.busy.inc_by(took.as_secs_f64());
         }
-        decode_step(model, ctx, &mut live, &decoders);
+        if let Some((took, rows)) = decode_step(model, ctx, &mut live, &decoders) {
+            metrics.busy.inc_by(took.as_secs_f64());
+            metrics.step.observe(took.as_secs_f64());
+            metrics.batch.observe(rows as f64);
+        }
         live.retain(|seq| {
             let keep = !seq.done && !seq.events.is_closed();
+            if !seq.done && seq.events.is_closed() {
+                metrics.cancelled.inc();
+            }
             if !keep {
                 model.release(seq.slot);
                 cap.free_slots.push(seq.slot);
@@ -112,6 +160,10 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             }
             keep
         });
+        metrics.running.set(live.len() as i64);
+        metrics
+            .slots_used
+            .set((slots - cap.free_slots.len()) as i64);
     }
 }
 
@@ -163,21 +215,33 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
             last: 0,
             done: false,
             progress: job.progress,
+            tier: job.tier,
+            span: job.span,
+            enqueued: job.enqueued,
+            admitted: now,
+            last_token_at: now,
         });
+        let seq = live.last().expect("just pushed");
+        tracing::debug!(parent: &seq.span, slot, waited_ms = waited.as_millis() as u64, "admitted to a slot");
     }
 }
 
 /// Feeds the next `n` prompt tokens; the chunk that completes the prompt yields the first
-/// output token.
-fn prefill_chunk(model: &mut dyn Generator, ctx: &WorkerContext, seq: &mut Sequence, n: usize) {
+/// output token. Returns the model time it took.
+fn prefill_chunk(
+    model: &mut dyn Generator,
+    ctx: &WorkerContext,
+    seq: &mut Sequence,
+    n: usize,
+) -> Duration {
     if seq.done || seq.events.is_closed() {
-        return;
+        return Duration::ZERO;
     }
     let chunk = &seq.prompt[seq.prefilled..seq.prefilled + n];
     let started = Instant::now();
     let result = guarded(|| model.prefill(seq.slot, chunk));
-    seq.progress
-        .add_device_time(started.elapsed().as_nanos() as u64);
+    let took = started.elapsed();
+    seq.progress.add_device_time(took.as_nanos() as u64);
     match result {
         Ok(logits) => {
             seq.prefilled += n;
@@ -187,22 +251,24 @@ fn prefill_chunk(model: &mut dyn Generator, ctx: &WorkerContext, seq: &mut Seque
         }
         Err(e) => seq.fail(&ctx.name, e),
     }
+    took
 }
 
 /// One decode step for the sequences at `indices` (those decoding when the step was planned).
+/// Returns its model time and rows, if it ran.
 fn decode_step(
     model: &mut dyn Generator,
     ctx: &WorkerContext,
     live: &mut [Sequence],
     indices: &[usize],
-) {
+) -> Option<(Duration, usize)> {
     let active: Vec<usize> = indices
         .iter()
         .copied()
         .filter(|&i| !live[i].done && !live[i].events.is_closed())
         .collect();
     if active.is_empty() {
-        return;
+        return None;
     }
     let batch: Vec<(usize, u32)> = active
         .iter()
@@ -210,8 +276,9 @@ fn decode_step(
         .collect();
     let started = Instant::now();
     let result = guarded(|| model.decode(&batch));
+    let took = started.elapsed();
     // The step's time is shared equally by the rows it decoded.
-    let share = started.elapsed().as_nanos() as u64 / active.len() as u64;
+    let share = took.as_nanos() as u64 / active.len() as u64;
     for &i in &active {
         live[i].progress.add_device_time(share);
     }
@@ -232,6 +299,7 @@ fn decode_step(
             }
         }
     }
+    Some((took, active.len()))
 }
 
 /// Runs one model call, turning an error or a panic inside candle into a message, so that a
@@ -257,6 +325,7 @@ impl Sequence {
         let token = self.sampler.sample(logits);
         self.generated += 1;
         self.progress.generated.fetch_add(1, Ordering::Relaxed);
+        self.observe_token(&ctx.name);
         self.last = token;
         if !self.ignore_eos && ctx.eos_ids.contains(&token) {
             let tail = self.stop.flush();
@@ -275,7 +344,28 @@ impl Sequence {
         }
     }
 
+    /// TTFT and inter-token latency, measured here at the step that sampled the token.
+    fn observe_token(&mut self, model: &str) {
+        let m = crate::metrics::get();
+        let now = Instant::now();
+        let labels = [model, self.tier.as_str()];
+        if self.generated == 1 {
+            m.ttft
+                .with_label_values(&labels)
+                .observe(now.duration_since(self.enqueued).as_secs_f64());
+            m.prefill_time
+                .with_label_values(&labels)
+                .observe(now.duration_since(self.admitted).as_secs_f64());
+        } else {
+            m.itl
+                .with_label_values(&labels)
+                .observe(now.duration_since(self.last_token_at).as_secs_f64());
+        }
+        self.last_token_at = now;
+    }
+
     fn finish(&mut self, reason: FinishReason) {
+        tracing::debug!(parent: &self.span, tokens = self.generated, reason = reason.as_str(), "sequence finished");
         self.send(GenEvent::Finished {
             reason,
             completion_tokens: self.generated,

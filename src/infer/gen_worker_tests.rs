@@ -78,6 +78,8 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         events: tx,
         progress: Default::default(),
+        tier: "test".into(),
+        span: tracing::Span::none(),
     };
     (job, rx)
 }

@@ -37,6 +37,8 @@ pub struct GenRequest {
     pub class: usize,
     /// The dedicated tier whose replicas must run it; None: the shared replicas.
     pub pool: Option<String>,
+    /// The tier, as the metrics' `tier` label (a configured name, never a tenant id).
+    pub tier: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +287,8 @@ impl GenerateModel {
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
             progress: progress.clone(),
+            tier: req.tier.clone(),
+            span: tracing::Span::current(),
         };
         let prompt_tokens = job.prompt.len();
         let cost = job.cost();

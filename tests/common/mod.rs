@@ -16,6 +16,8 @@ pub const EMBED_MODEL: &str = "all-minilm-l6-v2";
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The metrics listener (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
     /// The server's shared state: its limiter, ledger handle and engine.
     pub state: Arc<AppState>,
 }
@@ -23,6 +25,10 @@ pub struct Server {
 impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 }
 
@@ -96,8 +102,20 @@ pub fn spawn_server_with_clock(config: Config, clock: Arc<dyn Clock>) -> Server 
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            tx.send((listener.local_addr().expect("addr"), app.state.clone()))
-                .expect("report address");
+            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addrs = (
+                listener.local_addr().expect("addr"),
+                metrics.local_addr().expect("addr"),
+            );
+            tx.send((addrs, app.state.clone())).expect("report address");
+            let metrics_state = app.state.clone();
+            tokio::spawn(tiergate::serve_metrics(
+                metrics,
+                metrics_state,
+                std::future::pending(),
+            ));
             // The writer thread lives as long as the process.
             std::mem::forget(app.ledger_writer);
             tiergate::serve(listener, app.state, std::future::pending())
@@ -105,8 +123,12 @@ pub fn spawn_server_with_clock(config: Config, clock: Arc<dyn Clock>) -> Server 
                 .expect("serve");
         });
     });
-    let (addr, state) = rx.recv().expect("server started");
-    Server { addr, state }
+    let ((addr, metrics_addr), state) = rx.recv().expect("server started");
+    Server {
+        addr,
+        metrics_addr,
+        state,
+    }
 }
 
 /// The shared gateway of this test binary.
