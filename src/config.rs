@@ -123,8 +123,8 @@ impl Default for TenancyConfig {
             keys_file: PathBuf::from("config/keys.toml"),
             anonymous_tier: "research".into(),
             admin_key_sha256: None,
-            ip_requests_per_second: 50,
-            ip_burst: 100,
+            ip_requests_per_second: 500,
+            ip_burst: 1000,
         }
     }
 }

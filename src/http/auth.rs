@@ -216,3 +216,32 @@ async fn authorize_and_run(
     }
     (response, Some(tenant.tier.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_guard_admits_the_burst_per_address_then_says_how_long_to_wait() {
+        let guard = IpGuard::new(1, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        assert!(guard.check(a).is_ok() && guard.check(a).is_ok());
+        let wait = guard.check(a).unwrap_err();
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
+        assert!(guard.check(b).is_ok(), "another address has its own bucket");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
+        let req = |v: &str| {
+            Request::builder()
+                .header(header::AUTHORIZATION, v)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        assert_eq!(bearer(&req("Bearer tg-abc")), Some("tg-abc"));
+        assert_eq!(bearer(&req("bearer tg-abc")), Some("tg-abc"));
+        assert_eq!(bearer(&req("Basic dXNlcg==")), None);
+    }
+}
