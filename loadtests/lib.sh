@@ -17,8 +17,28 @@ build() {
     cargo build --release --bin tiergate --example loadgen
 }
 
+# config_with_threads DIR: prints the path of the config to serve with. With THREADS set, a
+# copy of config/tiergate.toml in DIR whose replicas use that many CPU threads (arrays cannot
+# be set by environment variables); on a machine busy with other work one thread is steadier
+# than a pool whose threads spin at barriers while the others are descheduled.
+config_with_threads() {
+    if [[ -z ${THREADS:-} ]]; then
+        echo config/tiergate.toml
+        return
+    fi
+    sed -e "s/threads = [0-9]*/threads = $THREADS/" config/tiergate.toml >"$1/tiergate.toml"
+    echo "$1/tiergate.toml"
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# metrics_env CONFIG: when the config has a `[metrics]` listener, prints an override that
+# moves it to a free port (its default port is fixed, and two servers would collide on it);
+# fails otherwise (a build without metrics refuses the unknown key).
+metrics_env() {
+    grep -q '^\[metrics\]' "$1" && echo "TIERGATE_METRICS__LISTEN=127.0.0.1:$(free_port)"
 }
 
 # wait_ready URL [KEY]: until GET URL/ready answers 200 (the models loaded).

@@ -13,7 +13,8 @@
 #   bash loadtests/overhead.sh
 #   BASELINE_DIR=/tmp/tg-base BASELINE_BIN=/tmp/tg-base/target/release/tiergate bash loadtests/overhead.sh
 #
-# Env: SKIP_BUILD=1, REPS (3), REQUESTS (200), CONCURRENCY (4), KEEP=1.
+# Env: SKIP_BUILD=1, THREADS (CPU threads per replica, all modes; default: each config's),
+# REPS (3), REQUESTS (200), CONCURRENCY (4), KEEP=1.
 # Prints one row per server run and the overhead per request (mean, p50, p95 differences).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ fi
 
 build
 tmp=$(mktemp -d /tmp/tiergate-overhead.XXXXXX)
+mkdir "$tmp/base"
 server=
 cleanup() {
     [[ -n $server ]] && stop_server "$server"
@@ -45,26 +47,31 @@ gateway_env=(
     TIERGATE_TENANCY__IP_REQUESTS_PER_SECOND=100000
     TIERGATE_TENANCY__IP_BURST=100000
 )
-key=$(env "${gateway_env[@]}" "$TIERGATE" keys create --tenant demo-commercial)
+config=$(config_with_threads "$tmp")
+key=$(env "${gateway_env[@]}" "$TIERGATE" --config "$config" keys create --tenant demo-commercial)
 
 # run MODE REP: start that mode's server, run the load once, stop it.
 run() {
-    local mode=$1 rep=$2 port url auth=()
+    local mode=$1 rep=$2 port url auth=() metrics=()
     port=$(free_port)
     url="http://127.0.0.1:$port"
+    if m=$(metrics_env config/tiergate.toml); then metrics=("$m"); fi
     case $mode in
     a)
-        env "${gateway_env[@]}" TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$mode-$rep.db" \
-            TIERGATE_LISTEN="127.0.0.1:$port" "$TIERGATE" serve >"$tmp/server-$mode-$rep.log" 2>&1 &
+        env "${gateway_env[@]}" "${metrics[@]}" TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$mode-$rep.db" \
+            TIERGATE_LISTEN="127.0.0.1:$port" "$TIERGATE" --config "$config" serve \
+            >"$tmp/server-$mode-$rep.log" 2>&1 &
         auth=(--api-key "$key")
         ;;
     b)
-        env "${gateway_env[@]}" TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$mode-$rep.db" \
+        env "${gateway_env[@]}" "${metrics[@]}" TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$mode-$rep.db" \
             TIERGATE_TENANCY__AUTH=off TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
-            TIERGATE_LISTEN="127.0.0.1:$port" "$TIERGATE" serve >"$tmp/server-$mode-$rep.log" 2>&1 &
+            TIERGATE_LISTEN="127.0.0.1:$port" "$TIERGATE" --config "$config" serve \
+            >"$tmp/server-$mode-$rep.log" 2>&1 &
         ;;
     c)
-        (cd "$BASELINE_DIR" && TIERGATE_LISTEN="127.0.0.1:$port" exec "$BASELINE_BIN" serve) \
+        (cd "$BASELINE_DIR" && TIERGATE_LISTEN="127.0.0.1:$port" \
+            exec "$BASELINE_BIN" --config "$(config_with_threads "$tmp/base")" serve) \
             >"$tmp/server-$mode-$rep.log" 2>&1 &
         ;;
     esac
