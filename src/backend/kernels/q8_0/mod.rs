@@ -242,15 +242,19 @@ unsafe impl Sync for SharedOut {}
 /// Rows of activations quantized to Q8_0 blocks, as ggml's `quantize_row_q8_0` does it
 /// (scale `amax / 127` kept as f16, values rounded half away from zero), so that our sums
 /// see the same integers as candle's own Q8_0 matmul.
+///
+/// Stored block-major (`[block][row]`): the rows that a kernel call shares a weight load
+/// between then lie at fixed offsets from one pointer per block, instead of needing one
+/// register per row.
 #[derive(Debug)]
 pub struct QuantizedRows {
     rows: usize,
     k: usize,
-    /// `[row][k]`.
+    /// `[block][row][32]`.
     qs: Vec<i8>,
-    /// `[row][block]` activation scale, f16-rounded.
+    /// `[block][row]` activation scale, f16-rounded.
     scales: Vec<f32>,
-    /// `[row][block]` `128 · Σ a`, the bias the `w + 128` weights add to each block sum.
+    /// `[block][row]` `128 · Σ a`, the bias the `w + 128` weights add to each block sum.
     bias: Vec<i32>,
 }
 
@@ -262,26 +266,27 @@ impl QuantizedRows {
             "k = {k} is not a multiple of {BLOCK}"
         );
         assert_eq!(x.len(), rows * k, "input size");
-        let blocks = rows * k / BLOCK;
+        let blocks = k / BLOCK;
         let mut this = Self {
             rows,
             k,
             qs: vec![0; rows * k],
-            scales: vec![0.0; blocks],
-            bias: vec![0; blocks],
+            scales: vec![0.0; rows * blocks],
+            bias: vec![0; rows * blocks],
         };
-        let chunks = x.chunks_exact(BLOCK).zip(this.qs.chunks_exact_mut(BLOCK));
-        for (i, (xs, qs)) in chunks.enumerate() {
+        for (i, xs) in x.chunks_exact(BLOCK).enumerate() {
+            let (row, b) = (i / blocks, i % blocks);
+            let at = b * rows + row;
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
-            for (q, v) in qs.iter_mut().zip(xs) {
+            for (q, v) in this.qs[at * BLOCK..][..BLOCK].iter_mut().zip(xs) {
                 *q = (v * inv).round() as i8;
                 sum += i32::from(*q);
             }
-            this.scales[i] = half::f16::from_f32(d).to_f32();
-            this.bias[i] = 128 * sum;
+            this.scales[at] = half::f16::from_f32(d).to_f32();
+            this.bias[at] = 128 * sum;
         }
         this
     }
@@ -290,17 +295,13 @@ impl QuantizedRows {
         self.rows
     }
 
-    fn row(&self, r: usize) -> &[i8] {
-        &self.qs[r * self.k..][..self.k]
-    }
-
-    fn row_scales(&self, r: usize) -> &[f32] {
-        let blocks = self.k / BLOCK;
-        &self.scales[r * blocks..][..blocks]
-    }
-
-    fn row_bias(&self, r: usize) -> &[i32] {
-        let blocks = self.k / BLOCK;
-        &self.bias[r * blocks..][..blocks]
+    /// Block `b` of rows `r0..r0 + m`: values (`m × 32`), scales and biases (`m` each).
+    fn block(&self, b: usize, r0: usize, m: usize) -> (&[i8], &[f32], &[i32]) {
+        let at = b * self.rows + r0;
+        (
+            &self.qs[at * BLOCK..][..m * BLOCK],
+            &self.scales[at..][..m],
+            &self.bias[at..][..m],
+        )
     }
 }

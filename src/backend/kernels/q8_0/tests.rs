@@ -109,12 +109,13 @@ fn portable_kernel_matches_quantized_arithmetic_in_f64() {
                 for b in 0..k / BLOCK {
                     let block = &raw[(i * (k / BLOCK) + b) * Q8_0_BYTES..][..Q8_0_BYTES];
                     let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f64();
+                    let (a, a_scale, _) = acts.block(b, r, 1);
                     let dot: i32 = block[2..]
                         .iter()
-                        .zip(&acts.row(r)[b * BLOCK..][..BLOCK])
+                        .zip(a)
                         .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
                         .sum();
-                    let term = dw * f64::from(acts.row_scales(r)[b]) * f64::from(dot);
+                    let term = dw * f64::from(a_scale[0]) * f64::from(dot);
                     want += term;
                     scale += term.abs();
                 }

@@ -9,21 +9,24 @@
 use super::{PackedQ8_0, QuantizedRows, BLOCK, GROUPS, TILE_ROWS};
 use std::arch::x86_64::*;
 
-/// Picks the row count (a const generic, so accumulators stay in registers) for up to 8
-/// rows from `r0`; returns how many rows were done.
+/// Picks the row count (a const generic, so accumulators stay in registers) for up to
+/// `$max` rows from `r0`, and how many independent partial sums each row keeps: a block's 8
+/// vpdpbusd into one sum form a chain as long as their latency, so few rows split the chain
+/// to keep the unit busy, while many rows interleave their chains anyway and need the
+/// registers. Returns how many rows were done.
 macro_rules! dispatch_rows {
     ($kernel:ident, $max:literal, $w:ident, $tile:ident, $acts:ident, $r0:ident, $res:ident) => {{
         let m = ($acts.rows() - $r0).min($max);
         let res = &mut $res[..m];
         match m {
-            1 => $kernel::<1>($w, $tile, $acts, $r0, res.try_into().expect("1 row")),
-            2 => $kernel::<2>($w, $tile, $acts, $r0, res.try_into().expect("2 rows")),
-            3 => $kernel::<3>($w, $tile, $acts, $r0, res.try_into().expect("3 rows")),
-            4 => $kernel::<4>($w, $tile, $acts, $r0, res.try_into().expect("4 rows")),
-            5 => $kernel::<5>($w, $tile, $acts, $r0, res.try_into().expect("5 rows")),
-            6 => $kernel::<6>($w, $tile, $acts, $r0, res.try_into().expect("6 rows")),
-            7 => $kernel::<7>($w, $tile, $acts, $r0, res.try_into().expect("7 rows")),
-            _ => $kernel::<8>($w, $tile, $acts, $r0, res.try_into().expect("8 rows")),
+            1 => $kernel::<1, 4>($w, $tile, $acts, $r0, res.try_into().expect("1 row")),
+            2 => $kernel::<2, 4>($w, $tile, $acts, $r0, res.try_into().expect("2 rows")),
+            3 => $kernel::<3, 2>($w, $tile, $acts, $r0, res.try_into().expect("3 rows")),
+            4 => $kernel::<4, 2>($w, $tile, $acts, $r0, res.try_into().expect("4 rows")),
+            5 => $kernel::<5, 1>($w, $tile, $acts, $r0, res.try_into().expect("5 rows")),
+            6 => $kernel::<6, 1>($w, $tile, $acts, $r0, res.try_into().expect("6 rows")),
+            7 => $kernel::<7, 1>($w, $tile, $acts, $r0, res.try_into().expect("7 rows")),
+            _ => $kernel::<8, 1>($w, $tile, $acts, $r0, res.try_into().expect("8 rows")),
         }
         m
     }};
@@ -52,7 +55,7 @@ pub(super) unsafe fn tile_avx512(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn rows_avx512<const M: usize>(
+fn rows_avx512<const M: usize, const C: usize>(
     w: &PackedQ8_0,
     tile: usize,
     acts: &QuantizedRows,
@@ -61,42 +64,35 @@ fn rows_avx512<const M: usize>(
 ) {
     let groups = w.tile_groups(tile);
     let scales = w.tile_scales(tile);
-    let a: [&[i8]; M] = std::array::from_fn(|r| acts.row(r0 + r));
-    let a_scales: [&[f32]; M] = std::array::from_fn(|r| acts.row_scales(r0 + r));
-    let a_bias: [&[i32]; M] = std::array::from_fn(|r| acts.row_bias(r0 + r));
     let mut acc = [_mm512_setzero_ps(); M];
     for b in 0..w.blocks {
-        // Two sums per row (even and odd groups) halve the dependency chain of vpdpbusd.
-        let mut even = [_mm512_setzero_si512(); M];
-        let mut odd = [_mm512_setzero_si512(); M];
+        let (a, a_scales, a_bias) = acts.block(b, r0, M);
+        // C partial sums per row (see `dispatch_rows`); integer sums are exact, so how
+        // they are split does not change the result.
+        let mut sums = [[_mm512_setzero_si512(); C]; M];
         let q = groups[b * GROUPS..][..GROUPS].as_ptr().cast::<u8>();
-        for g in (0..GROUPS).step_by(2) {
-            // SAFETY: `q` points to GROUPS aligned 64-byte groups; g + 1 < GROUPS. The
-            // prefetch address may lie past the buffer: prefetches never fault, and
-            // `wrapping_add` keeps the address computation itself defined.
-            let (w0, w1) = unsafe {
-                let pf = q.wrapping_add(g * 64 + w.prefetch).cast::<i8>();
-                _mm_prefetch::<_MM_HINT_T0>(pf);
-                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64));
-                (
-                    _mm512_load_si512(q.add(g * 64).cast()),
-                    _mm512_load_si512(q.add(g * 64 + 64).cast()),
-                )
+        for g in 0..GROUPS {
+            // SAFETY: `q` points to GROUPS aligned 64-byte groups. The prefetch address may
+            // lie past the buffer: prefetches never fault, and `wrapping_add` keeps the
+            // address computation itself defined.
+            let wg = unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(g * 64 + w.prefetch).cast());
+                _mm512_load_si512(q.add(g * 64).cast())
             };
-            for r in 0..M {
-                let at = b * BLOCK + g * 4;
-                let (a0, a1) = (four(a[r], at), four(a[r], at + 4));
-                even[r] = _mm512_dpbusd_epi32(even[r], w0, _mm512_set1_epi32(a0));
-                odd[r] = _mm512_dpbusd_epi32(odd[r], w1, _mm512_set1_epi32(a1));
+            for (r, sums) in sums.iter_mut().enumerate() {
+                let a4 = _mm512_set1_epi32(four(a, r * BLOCK + g * 4));
+                sums[g % C] = _mm512_dpbusd_epi32(sums[g % C], wg, a4);
             }
         }
         let ws = &scales[b * TILE_ROWS..][..TILE_ROWS];
         // SAFETY: `ws` holds 16 u16 = 32 bytes.
         let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(ws.as_ptr().cast()) });
         for r in 0..M {
-            let sum = _mm512_add_epi32(even[r], odd[r]);
-            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(a_bias[r][b]));
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a_scales[r][b]));
+            let sum = sums[r][1..]
+                .iter()
+                .fold(sums[r][0], |s, t| _mm512_add_epi32(s, *t));
+            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(a_bias[r]));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a_scales[r]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[r]);
         }
     }
@@ -122,8 +118,10 @@ pub(super) unsafe fn tile_avx256(
     dispatch_rows!(rows_avx256, 4, w, tile, acts, r0, res)
 }
 
+/// `_C` is unused: the two 8-row halves already give every row two independent chains, and
+/// 16 ymm registers leave no room for more.
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-fn rows_avx256<const M: usize>(
+fn rows_avx256<const M: usize, const _C: usize>(
     w: &PackedQ8_0,
     tile: usize,
     acts: &QuantizedRows,
@@ -132,11 +130,9 @@ fn rows_avx256<const M: usize>(
 ) {
     let groups = w.tile_groups(tile);
     let scales = w.tile_scales(tile);
-    let a: [&[i8]; M] = std::array::from_fn(|r| acts.row(r0 + r));
-    let a_scales: [&[f32]; M] = std::array::from_fn(|r| acts.row_scales(r0 + r));
-    let a_bias: [&[i32]; M] = std::array::from_fn(|r| acts.row_bias(r0 + r));
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
     for b in 0..w.blocks {
+        let (a, a_scales, a_bias) = acts.block(b, r0, M);
         let mut sums = [[_mm256_setzero_si256(); 2]; M];
         let q = groups[b * GROUPS..][..GROUPS].as_ptr().cast::<u8>();
         for g in 0..GROUPS {
@@ -148,10 +144,10 @@ fn rows_avx256<const M: usize>(
                     _mm256_load_si256(q.add(g * 64 + 32).cast()),
                 )
             };
-            for r in 0..M {
-                let a4 = _mm256_set1_epi32(four(a[r], b * BLOCK + g * 4));
-                sums[r][0] = _mm256_dpbusd_avx_epi32(sums[r][0], lo, a4);
-                sums[r][1] = _mm256_dpbusd_avx_epi32(sums[r][1], hi, a4);
+            for (r, [sum_lo, sum_hi]) in sums.iter_mut().enumerate() {
+                let a4 = _mm256_set1_epi32(four(a, r * BLOCK + g * 4));
+                *sum_lo = _mm256_dpbusd_avx_epi32(*sum_lo, lo, a4);
+                *sum_hi = _mm256_dpbusd_avx_epi32(*sum_hi, hi, a4);
             }
         }
         let ws = &scales[b * TILE_ROWS..][..TILE_ROWS];
@@ -163,8 +159,8 @@ fn rows_avx256<const M: usize>(
             ]
         };
         for r in 0..M {
-            let bias = _mm256_set1_epi32(a_bias[r][b]);
-            let da = _mm256_set1_ps(a_scales[r][b]);
+            let bias = _mm256_set1_epi32(a_bias[r]);
+            let da = _mm256_set1_ps(a_scales[r]);
             for half in 0..2 {
                 let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums[r][half], bias));
                 let scale = _mm256_mul_ps(dw[half], da);
