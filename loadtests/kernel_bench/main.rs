@@ -16,7 +16,7 @@ use candle_core::{Device, Module, Tensor};
 use clap::{Parser, ValueEnum};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tiergate::backend::kernels::q8_0::PackedQ8_0;
+use tiergate::backend::kernels::q8_0::{PackedQ8_0, DEFAULT_PREFETCH};
 use tiergate::backend::kernels::Isa;
 
 #[derive(Parser, Debug)]
@@ -34,6 +34,9 @@ struct Args {
     /// Whether weights come from memory (cold) or from cache (hot).
     #[arg(long, value_enum, default_value_t = Weights::Cold)]
     weights: Weights,
+    /// Prefetch distances (bytes ahead on the weight stream; 0 = none) to time our kernel at.
+    #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_PREFETCH, 0])]
+    prefetch: Vec<usize>,
     /// Only shapes whose label contains this text.
     #[arg(long, default_value = "")]
     only: String,
@@ -97,8 +100,8 @@ fn cycling<'a, T: Sync>(copies: &'a [T], f: impl Fn(&T) + Send + Sync + 'a) -> R
 struct Copies {
     bytes: usize,
     candle: Vec<QMatMul>,
-    ours: Vec<PackedQ8_0>,
-    no_prefetch: Vec<PackedQ8_0>,
+    /// Per prefetch distance of `Args::prefetch`.
+    ours: Vec<Vec<PackedQ8_0>>,
     portable: Vec<PackedQ8_0>,
 }
 
@@ -114,16 +117,16 @@ fn copies(n: usize, k: usize, args: &Args) -> candle_core::Result<Copies> {
     let mut c = Copies {
         bytes: raw.len(),
         candle: Vec::new(),
-        ours: Vec::new(),
-        no_prefetch: Vec::new(),
+        ours: args.prefetch.iter().map(|_| Vec::new()).collect(),
         portable: Vec::new(),
     };
     for _ in 0..count {
         let storage = QStorage::from_data(raw.as_slice().into(), &device, GgmlDType::Q8_0)?;
         c.candle
             .push(QMatMul::from_qtensor(QTensor::new(storage, (n, k))?)?);
-        c.ours.push(pack()?);
-        c.no_prefetch.push(pack()?.with_prefetch(0));
+        for (copies, &distance) in c.ours.iter_mut().zip(&args.prefetch) {
+            copies.push(pack()?.with_prefetch(distance));
+        }
     }
     if args.portable {
         c.portable.push(pack()?.with_isa(Isa::Portable)?);
@@ -154,19 +157,16 @@ fn main() -> candle_core::Result<()> {
                 p.matmul(&xs, rows, &mut out);
             };
             let isa = Isa::best();
-            let mut variants = vec![
-                (
-                    "candle QMatMul".to_string(),
-                    cycling(&c.candle, |m| {
-                        m.forward(&x).expect("candle matmul");
-                    }),
-                ),
-                (format!("ours {isa:?}"), cycling(&c.ours, ours)),
-                (
-                    format!("ours {isa:?}, no prefetch"),
-                    cycling(&c.no_prefetch, ours),
-                ),
-            ];
+            let mut variants = vec![(
+                "candle QMatMul".to_string(),
+                cycling(&c.candle, |m| {
+                    m.forward(&x).expect("candle matmul");
+                }),
+            )];
+            for (copies, distance) in c.ours.iter().zip(&args.prefetch) {
+                let name = format!("ours {isa:?}, prefetch {distance}");
+                variants.push((name, cycling(copies, ours)));
+            }
             if args.portable {
                 variants.push(("ours Portable".into(), cycling(&c.portable, ours)));
             }
