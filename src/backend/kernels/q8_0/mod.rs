@@ -197,18 +197,16 @@ impl PackedQ8_0 {
         r0: usize,
         res: &mut [[f32; TILE_ROWS]; 8],
     ) -> usize {
+        // SAFETY: `isa` is only ever set to a variant this CPU has (`with_isa`, `best`).
+        #[cfg(target_arch = "x86_64")]
         match self.isa {
-            // SAFETY: `isa` is only ever set to a variant this CPU has (`with_isa`, `best`).
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { x86::tile_avx512(self, tile, acts, r0, res) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => unsafe { x86::tile_avx256(self, tile, acts, r0, res) },
-            _ => {
-                let m = (acts.rows - r0).min(8);
-                portable::tile(self, tile, acts, r0, &mut res[..m]);
-                m
-            }
+            Isa::Avx512Vnni => return unsafe { x86::tile_avx512(self, tile, acts, r0, res) },
+            Isa::AvxVnni => return unsafe { x86::tile_avx256(self, tile, acts, r0, res) },
+            Isa::Portable => {}
         }
+        let m = (acts.rows - r0).min(8);
+        portable::tile(self, tile, acts, r0, &mut res[..m]);
+        m
     }
 
     /// Writes one tile's results, dropping the padding columns past n.
