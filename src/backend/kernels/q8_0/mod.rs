@@ -8,8 +8,9 @@
 //!   stored as `w + 128` (u8) so that one `vpdpbusd` (u8 × i8 → i32) computes 16 outputs × 4 k;
 //! - activations are quantized once per input row to Q8_0 ([`QuantizedRows`]), exactly as
 //!   ggml/candle do, and the `+128` bias is removed with each block's `128 · Σa`;
-//! - each weight register is reused for up to 8 batch rows before the next load, which is
-//!   where batched decode gains; longer batches (prefill chunks) loop over row chunks.
+//! - each weight register is reused for up to 8 batch rows (4 with AVX-VNNI) before the next
+//!   load, which is where batched decode gains; longer batches (prefill chunks) loop over
+//!   row chunks.
 //!
 //! Arithmetic per output: an exact i32 dot product per 32-k block, then
 //! `acc = fma(f32(isum), dw · da, acc)` over the blocks in order. That order depends on
