@@ -8,6 +8,7 @@ pub mod bert;
 pub mod chat_template;
 pub mod device;
 pub mod gguf_tokenizer;
+pub mod kernels;
 pub mod llama;
 
 /// Errors of the model layer. The infer layer maps them to its own error; the HTTP layer never

@@ -8,7 +8,7 @@ use super::attention::{attend, causal_mask, heads_first};
 use super::weights::LayerWeights;
 use super::LlamaModel;
 use crate::backend::Result;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 
 /// New tokens of one sequence in a step: `tokens` go to `slot` at positions
 /// `start..start + tokens.len()` (`start` is the slot's current length).
@@ -124,13 +124,9 @@ impl LlamaModel {
         inputs: &StepInputs<'_, '_>,
     ) -> candle_core::Result<Tensor> {
         let (heads, kv_heads, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let q = self
-            .rope
-            .apply(&layer.wq.forward(h)?, heads, &inputs.cos, &inputs.sin)?;
-        let k = self
-            .rope
-            .apply(&layer.wk.forward(h)?, kv_heads, &inputs.cos, &inputs.sin)?;
-        let v = layer.wv.forward(h)?;
+        let [q, k, v] = layer.qkv.forward_split(h)?;
+        let q = self.rope.apply(&q, heads, &inputs.cos, &inputs.sin)?;
+        let k = self.rope.apply(&k, kv_heads, &inputs.cos, &inputs.sin)?;
         let mut outputs = Vec::with_capacity(inputs.segments.len());
         for ((seg, &off), mask) in inputs
             .segments

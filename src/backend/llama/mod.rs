@@ -15,13 +15,17 @@ mod attention;
 mod config;
 mod forward;
 mod kv;
+mod linear;
 mod weights;
 
 #[cfg(test)]
 mod tests_gguf;
 #[cfg(test)]
+mod tests_int8;
+#[cfg(test)]
 mod tests_safetensors;
 
+use super::kernels::Isa;
 use super::{BackendError, Generator, GeneratorSpec, Result};
 use attention::Rope;
 use candle_core::quantized::{gguf_file, GgmlDType};
@@ -30,7 +34,7 @@ use config::LlamaConfig;
 use forward::Segment;
 use kv::{KvLayout, SlotKv};
 use std::path::Path;
-use weights::Weights;
+use weights::{Placement, Weights};
 
 /// Longest piece of a prompt that one forward pass processes. Attention scores of a chunk
 /// take `heads × chunk × context` floats (9 × 512 × 8192 × 4 B ≈ 150 MB for SmolLM2 at full
@@ -61,14 +65,35 @@ pub struct LlamaModel {
     dtype: DType,
 }
 
+/// The int8 kernel for Q8_0 projections on `device`: the fastest SIMD one this CPU has, or
+/// none (candle's own matmul) on GPUs and on CPUs without VNNI.
+fn int8_kernel(device: &Device) -> Option<Isa> {
+    device.is_cpu().then(Isa::best_simd).flatten()
+}
+
 /// Loads a llama GGUF file (metadata keys `llama.*`).
 pub fn load_gguf(path: &Path, device: &Device, opts: &LlamaOptions) -> Result<LlamaModel> {
+    load_gguf_with_kernel(path, device, opts, int8_kernel(device))
+}
+
+/// [`load_gguf`] with the int8 kernel chosen by the caller (tests force each one).
+fn load_gguf_with_kernel(
+    path: &Path,
+    device: &Device,
+    opts: &LlamaOptions,
+    int8: Option<Isa>,
+) -> Result<LlamaModel> {
     let io_err = |e: std::io::Error| BackendError::Files(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| BackendError::Files(format!("{}: {e}", path.display())))?;
     let cfg = LlamaConfig::from_gguf(&content, &mut file)?;
-    let weights = weights::from_gguf(&content, &mut file, &cfg, device, opts.cpu_weight_format)?;
+    let place = Placement {
+        device,
+        format: opts.cpu_weight_format,
+        int8,
+    };
+    let weights = weights::from_gguf(&content, &mut file, &cfg, place)?;
     LlamaModel::new(cfg, weights, DType::F32, device, opts)
 }
 
@@ -90,8 +115,12 @@ pub fn load_safetensors(
     let json = std::fs::read_to_string(&config_path)
         .map_err(|e| BackendError::Files(format!("{}: {e}", config_path.display())))?;
     let (cfg, tied) = LlamaConfig::from_hf_json(&json)?;
-    let weights =
-        weights::from_safetensors(dir, &cfg, tied, dtype, device, opts.cpu_weight_format)?;
+    let place = Placement {
+        device,
+        format: opts.cpu_weight_format,
+        int8: int8_kernel(device),
+    };
+    let weights = weights::from_safetensors(dir, &cfg, tied, dtype, place)?;
     LlamaModel::new(cfg, weights, dtype, device, opts)
 }
 

@@ -2,9 +2,10 @@
 
 use super::*;
 use crate::backend::gguf_tokenizer::{test_model_path, tokenizer_from_gguf};
+use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 use candle_transformers::models::quantized_llama::ModelWeights;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, \
                       trained by Hugging Face<|im_end|>\n";
@@ -76,12 +77,18 @@ fn greedy_alone(
     (tokens, all)
 }
 
-fn candle_greedy(model: &mut ModelWeights, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
+/// candle's greedy decoding: the tokens and the logits of every step.
+fn candle_greedy(
+    model: &mut ModelWeights,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
     model.clear_kv_cache();
     let input = Tensor::new(prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0));
     let first = model.forward(&input.expect("input"), 0).expect("forward");
     let first: Vec<f32> = first.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
     let mut tokens = vec![argmax(&first)];
+    let mut all = vec![first];
     for step in 1..steps {
         let last = tokens[step - 1];
         let input = Tensor::new(&[[last]], &Device::Cpu).expect("input");
@@ -89,8 +96,9 @@ fn candle_greedy(model: &mut ModelWeights, prompt: &[u32], steps: usize) -> (Vec
         let logits = model.forward(&input, pos).expect("forward");
         let logits: Vec<f32> = logits.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
         tokens.push(argmax(&logits));
+        all.push(logits);
     }
-    (tokens, first)
+    (tokens, all)
 }
 
 #[test]
@@ -108,7 +116,7 @@ fn greedy_tokens_match_candle_quantized_llama() {
     for (slot, prompt) in prompts.iter().enumerate() {
         let (want_tokens, want_logits) = candle_greedy(&mut reference, prompt, 16);
         let (tokens, logits) = greedy_alone(&mut ours, slot, prompt, 16);
-        let diff = max_diff(&logits[0], &want_logits);
+        let diff = max_diff(&logits[0], &want_logits[0]);
         // Same kernels on the same weights; only the summation order of attention differs.
         assert!(
             diff < 1e-3,
@@ -116,6 +124,131 @@ fn greedy_tokens_match_candle_quantized_llama() {
         );
         assert_eq!(tokens, want_tokens, "prompt {slot}");
     }
+}
+
+/// A copy of the test model with every 2-D weight re-encoded as Q8_0, so that candle's own
+/// quantized_llama and our int8 kernel run on the same weights. Removed on drop.
+struct Q8_0Copy(PathBuf);
+
+impl Q8_0Copy {
+    fn new() -> Self {
+        let mut file = std::fs::File::open(model_path()).expect("open");
+        let content = gguf_file::Content::read(&mut file).expect("header");
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let mut tensors = Vec::with_capacity(names.len());
+        for name in names {
+            let qt = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .expect("tensor");
+            let qt = if qt.shape().rank() == 2 && qt.dtype() != GgmlDType::Q8_0 {
+                let dense = qt.dequantize(&Device::Cpu).expect("dequantize");
+                QTensor::quantize(&dense, GgmlDType::Q8_0).expect("quantize")
+            } else {
+                qt
+            };
+            tensors.push((name.as_str(), qt));
+        }
+        let metadata: Vec<_> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let tensors: Vec<_> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        let path = std::env::temp_dir().join(format!("tiergate-q8_0-{}.gguf", std::process::id()));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        gguf_file::write(&mut out, &metadata, &tensors).expect("write GGUF");
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Q8_0Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Our logits of every step when `tokens` are fed after `prompt` (teacher forcing).
+fn ours_forced(
+    model: &mut LlamaModel,
+    slot: usize,
+    prompt: &[u32],
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
+    let mut all = vec![model.prefill(slot, prompt).expect("prefill")];
+    for &next in &tokens[..tokens.len() - 1] {
+        all.push(model.decode(&[(slot, next)]).expect("decode").remove(0));
+    }
+    all
+}
+
+/// Largest logit minus the runner-up.
+fn top_margin(logits: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::MIN, f32::MIN);
+    for &v in logits {
+        if v > first {
+            (first, second) = (v, first);
+        } else if v > second {
+            second = v;
+        }
+    }
+    first - second
+}
+
+/// Our default CPU path on Q8_0 weights (the int8 kernel where the CPU has VNNI) against
+/// candle's quantized_llama on the same file.
+///
+/// Both quantize activations identically and sum each block's integers exactly; only the
+/// f32 summation across blocks differs, and with 8-bit activations a last-bit difference
+/// flips roundings in later layers: each path lands ~1 logit away from an f32 forward on the
+/// same weights (measured at the first 4 steps of these prompts: candle 0.79–1.20, ours
+/// 0.62–1.14). Free-running greedy decoding therefore parts at the first near-tie (measured:
+/// prompt 1 at step 3, candle's top two 20.95 / 20.90; prompt 2 at step 2, 9.094 / 9.080),
+/// after which nothing is comparable. So our model is fed candle's greedy tokens, and at
+/// every step the logits must agree within 2.5 (measured max 1.91 over the 48 steps) and
+/// the argmax must agree wherever candle's top-two margin is over 1.0 (measured: 45 of 48
+/// argmaxes agree; the 3 others had margins of 0.014, 0.051 and 0.12).
+#[test]
+fn int8_kernel_follows_candle_quantized_llama_on_q8_0_weights() {
+    let q8 = Q8_0Copy::new();
+    let mut file = std::fs::File::open(q8.path()).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("header");
+    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
+    let opts = LlamaOptions {
+        max_slots: 3,
+        max_seq_len: 512,
+        cpu_weight_format: None,
+    };
+    let mut ours = load_gguf(q8.path(), &Device::Cpu, &opts).expect("load");
+    let prompts = [
+        encode(&user_turn("What is the capital of France?")),
+        encode("The three primary colors are"),
+        chat_prompt("Name three animals."),
+    ];
+    let mut checked = 0;
+    for (slot, prompt) in prompts.iter().enumerate() {
+        let (tokens, want) = candle_greedy(&mut reference, prompt, 16);
+        let got = ours_forced(&mut ours, slot, prompt, &tokens);
+        for (step, (got, want)) in got.iter().zip(&want).enumerate() {
+            let diff = max_diff(got, want);
+            assert!(
+                diff < 2.5,
+                "prompt {slot} step {step}: logits differ by {diff}"
+            );
+            if top_margin(want) > 1.0 {
+                assert_eq!(argmax(got), argmax(want), "prompt {slot} step {step}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} of 48 steps had a clear winner"
+    );
 }
 
 #[test]

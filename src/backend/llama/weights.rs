@@ -1,12 +1,15 @@
 //! Weight loading from GGUF files and Hugging Face safetensors directories.
 //!
-//! Every projection is a `QMatMul`, whichever format it came from: a quantized tensor, or a
-//! dense one (`QMatMul::Tensor`). The forward pass then has one code path for both.
+//! Every projection is a `Linear` (see `linear`), whichever format it came from: candle's
+//! `QMatMul` for a dense or quantized tensor, or our int8 kernel for Q8_0 on a CPU with VNNI.
+//! Projections of one input are grouped (q|k|v, gate|up) so the int8 kernel can stack them.
 
 use super::config::LlamaConfig;
+use super::linear::{Linear, Weight};
+use crate::backend::kernels::Isa;
 use crate::backend::{BackendError, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -16,22 +19,20 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
-    pub wq: QMatMul,
-    pub wk: QMatMul,
-    pub wv: QMatMul,
-    pub wo: QMatMul,
+    /// q | k | v, in that order.
+    pub qkv: Linear,
+    pub wo: Linear,
     pub ffn_norm: Tensor,
-    pub w_gate: QMatMul,
-    pub w_up: QMatMul,
-    pub w_down: QMatMul,
+    /// gate | up, in that order.
+    pub gate_up: Linear,
+    pub w_down: Linear,
 }
 
 impl LayerWeights {
     /// SwiGLU feed-forward on `[tokens, hidden]`.
     pub fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.w_gate.forward(x)?)?;
-        let up = self.w_up.forward(x)?;
-        self.w_down.forward(&(gate * up)?)
+        let [gate, up] = self.gate_up.forward_split(x)?;
+        self.w_down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
@@ -42,7 +43,17 @@ pub(crate) struct Weights {
     pub embed: QMatMul,
     pub layers: Vec<LayerWeights>,
     pub norm: Tensor,
-    pub lm_head: QMatMul,
+    pub lm_head: Linear,
+}
+
+/// Where projection weights go and in which form.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    pub device: &'a Device,
+    /// CPU re-encoding format (`LlamaOptions::cpu_weight_format`); ignored on GPUs.
+    pub format: Option<GgmlDType>,
+    /// Int8 kernel for Q8_0 projections; `None` keeps candle's matmul for all of them.
+    pub int8: Option<Isa>,
 }
 
 /// Re-encodes a quantized weight on the CPU when a faster format is asked for; `None` keeps
@@ -68,26 +79,30 @@ fn converted(qt: &QTensor, target: Option<GgmlDType>, device: &Device) -> Result
 struct GgufSource<'a, R> {
     content: &'a gguf_file::Content,
     reader: &'a mut R,
-    device: &'a Device,
-    target: Option<GgmlDType>,
+    place: Placement<'a>,
 }
 
 impl<R: Read + Seek> GgufSource<'_, R> {
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         self.content
-            .tensor(self.reader, name, self.device)
+            .tensor(self.reader, name, self.place.device)
             .map_err(|e| BackendError::Files(format!("GGUF tensor {name}: {e}")))
     }
 
-    fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
-        let qt = self.qtensor(name)?;
-        check_dims(name, qt.shape().dims(), &[rows, cols])?;
-        let qt = converted(&qt, self.target, self.device)?.unwrap_or(qt);
-        Ok(QMatMul::from_qtensor(qt)?)
+    /// Projections of one input: `(name, rows)` each, all `cols` wide.
+    fn linear(&mut self, parts: &[(String, usize)], cols: usize) -> Result<Linear> {
+        let mut weights = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            let qt = self.qtensor(name)?;
+            check_dims(name, qt.shape().dims(), &[*rows, cols])?;
+            let qt = converted(&qt, self.place.format, self.place.device)?.unwrap_or(qt);
+            weights.push(Weight::Quantized(Arc::new(qt)));
+        }
+        Ok(Linear::new(weights, self.place.int8)?)
     }
 
     fn norm(&mut self, name: &str, size: usize) -> Result<Tensor> {
-        let t = self.qtensor(name)?.dequantize(self.device)?;
+        let t = self.qtensor(name)?.dequantize(self.place.device)?;
         check_dims(name, t.dims(), &[size])?;
         Ok(t)
     }
@@ -108,14 +123,12 @@ pub(crate) fn from_gguf<R: Read + Seek>(
     content: &gguf_file::Content,
     reader: &mut R,
     cfg: &LlamaConfig,
-    device: &Device,
-    target: Option<GgmlDType>,
+    place: Placement<'_>,
 ) -> Result<Weights> {
     let mut src = GgufSource {
         content,
         reader,
-        device,
-        target,
+        place,
     };
     let (h, q_width, kv_width) = (
         cfg.hidden_size,
@@ -129,28 +142,34 @@ pub(crate) fn from_gguf<R: Read + Seek>(
         &[cfg.vocab_size, h],
     )?;
     let lm_head = if content.tensor_infos.contains_key("output.weight") {
-        src.matmul("output.weight", cfg.vocab_size, h)?
+        src.linear(&[("output.weight".into(), cfg.vocab_size)], h)?
     } else {
         // Tied head. The lookup keeps the file's table (exact, and small when quantized);
         // the head, a matmul on every step, gets the faster format when one is asked for.
-        match converted(&embd, target, device)? {
-            Some(head) => QMatMul::from_qtensor(head)?,
-            None => QMatMul::from_arc(Arc::clone(&embd))?,
-        }
+        let head = match converted(&embd, place.format, place.device)? {
+            Some(head) => Arc::new(head),
+            None => Arc::clone(&embd),
+        };
+        Linear::new(vec![Weight::Quantized(head)], place.int8)?
     };
+    let ffn = cfg.intermediate_size;
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
-        let p = format!("blk.{i}");
+        let p = |name: &str| format!("blk.{i}.{name}.weight");
         layers.push(LayerWeights {
-            attn_norm: src.norm(&format!("{p}.attn_norm.weight"), h)?,
-            wq: src.matmul(&format!("{p}.attn_q.weight"), q_width, h)?,
-            wk: src.matmul(&format!("{p}.attn_k.weight"), kv_width, h)?,
-            wv: src.matmul(&format!("{p}.attn_v.weight"), kv_width, h)?,
-            wo: src.matmul(&format!("{p}.attn_output.weight"), h, q_width)?,
-            ffn_norm: src.norm(&format!("{p}.ffn_norm.weight"), h)?,
-            w_gate: src.matmul(&format!("{p}.ffn_gate.weight"), cfg.intermediate_size, h)?,
-            w_up: src.matmul(&format!("{p}.ffn_up.weight"), cfg.intermediate_size, h)?,
-            w_down: src.matmul(&format!("{p}.ffn_down.weight"), h, cfg.intermediate_size)?,
+            attn_norm: src.norm(&p("attn_norm"), h)?,
+            qkv: src.linear(
+                &[
+                    (p("attn_q"), q_width),
+                    (p("attn_k"), kv_width),
+                    (p("attn_v"), kv_width),
+                ],
+                h,
+            )?,
+            wo: src.linear(&[(p("attn_output"), h)], q_width)?,
+            ffn_norm: src.norm(&p("ffn_norm"), h)?,
+            gate_up: src.linear(&[(p("ffn_gate"), ffn), (p("ffn_up"), ffn)], h)?,
+            w_down: src.linear(&[(p("ffn_down"), h)], ffn)?,
         });
     }
     Ok(Weights {
@@ -165,8 +184,7 @@ pub(crate) fn from_gguf<R: Read + Seek>(
 struct SafetensorsSource<'a> {
     tensors: HashMap<String, Tensor>,
     dtype: DType,
-    device: &'a Device,
-    target: Option<GgmlDType>,
+    place: Placement<'a>,
 }
 
 impl SafetensorsSource<'_> {
@@ -179,19 +197,24 @@ impl SafetensorsSource<'_> {
         Ok(t.to_dtype(self.dtype)?)
     }
 
-    /// A projection weight `[rows, cols]`; quantized on the CPU when a format is asked for.
-    fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
-        let w = self.dense(name, &[rows, cols])?;
-        linear_from_dense(w, self.target, self.device)
+    /// Projections of one input, `(name, rows)` each, all `cols` wide; quantized on the CPU
+    /// when a format is asked for.
+    fn linear(&mut self, parts: &[(String, usize)], cols: usize) -> Result<Linear> {
+        let mut weights = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            let w = self.dense(name, &[*rows, cols])?;
+            weights.push(weight_from_dense(w, self.place)?);
+        }
+        Ok(Linear::new(weights, self.place.int8)?)
     }
 }
 
-fn linear_from_dense(w: Tensor, target: Option<GgmlDType>, device: &Device) -> Result<QMatMul> {
-    match target {
-        Some(t) if device.is_cpu() && w.dim(1)? % t.block_size() == 0 => {
-            Ok(QMatMul::from_qtensor(QTensor::quantize(&w, t)?)?)
+fn weight_from_dense(w: Tensor, place: Placement<'_>) -> Result<Weight> {
+    match place.format {
+        Some(t) if place.device.is_cpu() && w.dim(1)? % t.block_size() == 0 => {
+            Ok(Weight::Quantized(Arc::new(QTensor::quantize(&w, t)?)))
         }
-        _ => Ok(QMatMul::Tensor(w)),
+        _ => Ok(Weight::Dense(w)),
     }
 }
 
@@ -225,20 +248,18 @@ pub(crate) fn from_safetensors(
     cfg: &LlamaConfig,
     tied: bool,
     dtype: DType,
-    device: &Device,
-    target: Option<GgmlDType>,
+    place: Placement<'_>,
 ) -> Result<Weights> {
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
-        let loaded = candle_core::safetensors::load(&file, device)
+        let loaded = candle_core::safetensors::load(&file, place.device)
             .map_err(|e| BackendError::Files(format!("{}: {e}", file.display())))?;
         tensors.extend(loaded);
     }
     let mut src = SafetensorsSource {
         tensors,
         dtype,
-        device,
-        target,
+        place,
     };
     let (h, q_width, kv_width, ffn) = (
         cfg.hidden_size,
@@ -248,23 +269,27 @@ pub(crate) fn from_safetensors(
     );
     let embed = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
     let lm_head = if tied {
-        linear_from_dense(embed.clone(), target, device)?
+        Linear::new(vec![weight_from_dense(embed.clone(), place)?], place.int8)?
     } else {
-        src.matmul("lm_head.weight", cfg.vocab_size, h)?
+        src.linear(&[("lm_head.weight".into(), cfg.vocab_size)], h)?
     };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
-        let p = format!("model.layers.{i}");
+        let p = |name: &str| format!("model.layers.{i}.{name}.weight");
         layers.push(LayerWeights {
-            attn_norm: src.dense(&format!("{p}.input_layernorm.weight"), &[h])?,
-            wq: src.matmul(&format!("{p}.self_attn.q_proj.weight"), q_width, h)?,
-            wk: src.matmul(&format!("{p}.self_attn.k_proj.weight"), kv_width, h)?,
-            wv: src.matmul(&format!("{p}.self_attn.v_proj.weight"), kv_width, h)?,
-            wo: src.matmul(&format!("{p}.self_attn.o_proj.weight"), h, q_width)?,
-            ffn_norm: src.dense(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            w_gate: src.matmul(&format!("{p}.mlp.gate_proj.weight"), ffn, h)?,
-            w_up: src.matmul(&format!("{p}.mlp.up_proj.weight"), ffn, h)?,
-            w_down: src.matmul(&format!("{p}.mlp.down_proj.weight"), h, ffn)?,
+            attn_norm: src.dense(&p("input_layernorm"), &[h])?,
+            qkv: src.linear(
+                &[
+                    (p("self_attn.q_proj"), q_width),
+                    (p("self_attn.k_proj"), kv_width),
+                    (p("self_attn.v_proj"), kv_width),
+                ],
+                h,
+            )?,
+            wo: src.linear(&[(p("self_attn.o_proj"), h)], q_width)?,
+            ffn_norm: src.dense(&p("post_attention_layernorm"), &[h])?,
+            gate_up: src.linear(&[(p("mlp.gate_proj"), ffn), (p("mlp.up_proj"), ffn)], h)?,
+            w_down: src.linear(&[(p("mlp.down_proj"), h)], ffn)?,
         });
     }
     Ok(Weights {

@@ -1,0 +1,127 @@
+//! Projections of the forward pass, and which matmul runs them.
+//!
+//! On a CPU with VNNI, Q8_0 weights (from the file or converted at load) run on our own int8
+//! kernel (`backend::kernels::q8_0`), which is ~2× candle's on this model's shapes; every
+//! other case (CUDA, dense f32/f16 weights, other quantized formats, CPUs without VNNI) keeps
+//! candle's `QMatMul`, whose AVX2 code beats our portable kernel there.
+//!
+//! Projections that read the same input are loaded as one `Linear` of several parts (q|k|v,
+//! gate|up): the int8 kernel stacks them into one matrix, so the input is quantized once and
+//! the weights stream in one pass; candle runs the parts one by one, as before.
+
+use crate::backend::kernels::q8_0::PackedQ8_0;
+use crate::backend::kernels::Isa;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use std::sync::Arc;
+
+/// One projection weight as loaded, before it is grouped with the others of its input.
+pub(crate) enum Weight {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+/// Projections sharing one input, `[tokens, k] -> [tokens, n_part]` each.
+#[derive(Debug)]
+pub(crate) enum Linear {
+    /// candle's matmul, one per part.
+    Candle(Vec<QMatMul>),
+    /// The int8 kernel on the parts stacked along n; `widths` splits its output.
+    Int8 { op: Int8Matmul, widths: Vec<usize> },
+}
+
+impl Linear {
+    /// Groups `parts`; with `int8` set, all-Q8_0 CPU weights go to that int8 kernel.
+    pub fn new(parts: Vec<Weight>, int8: Option<Isa>) -> Result<Self> {
+        let q8_0: Option<Vec<&QTensor>> = parts
+            .iter()
+            .map(|p| match p {
+                Weight::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() => {
+                    Some(q.as_ref())
+                }
+                _ => None,
+            })
+            .collect();
+        if let (Some(isa), Some(q8_0)) = (int8, q8_0) {
+            let packed = PackedQ8_0::from_qtensors(&q8_0)?.with_isa(isa)?;
+            let widths = q8_0.iter().map(|q| q.shape().dims()[0]).collect();
+            return Ok(Linear::Int8 {
+                op: Int8Matmul(Arc::new(packed)),
+                widths,
+            });
+        }
+        let matmuls = parts
+            .into_iter()
+            .map(|p| match p {
+                Weight::Quantized(q) => QMatMul::from_arc(q),
+                Weight::Dense(t) => Ok(QMatMul::Tensor(t)),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Linear::Candle(matmuls))
+    }
+
+    /// The output of a single-part projection.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(parts) if parts.len() == 1 => parts[0].forward(x),
+            Linear::Int8 { op, widths } if widths.len() == 1 => op.forward(x),
+            _ => candle_core::bail!("forward on a projection of several parts"),
+        }
+    }
+
+    /// One output per part, in load order (views into one tensor on the int8 path).
+    pub fn forward_split<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let outputs: Vec<Tensor> = match self {
+            Linear::Candle(parts) => parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?,
+            Linear::Int8 { op, widths } => {
+                let y = op.forward(x)?;
+                let mut start = 0;
+                let mut outputs = Vec::with_capacity(widths.len());
+                for &w in widths {
+                    outputs.push(y.narrow(1, start, w)?);
+                    start += w;
+                }
+                outputs
+            }
+        };
+        let parts = outputs.len();
+        outputs
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg(format!("projection has {parts} parts, not {N}")))
+    }
+}
+
+/// The int8 kernel as a candle op, so that it reads the activation in place.
+#[derive(Debug, Clone)]
+pub(crate) struct Int8Matmul(Arc<PackedQ8_0>);
+
+impl Int8Matmul {
+    /// `[tokens, k]` in the model's dtype -> `[tokens, n]` in the same dtype (the kernel
+    /// itself takes and returns f32).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        x32.apply_op1_no_bwd(self)?.to_dtype(x.dtype())
+    }
+}
+
+impl CustomOp1 for Int8Matmul {
+    fn name(&self) -> &'static str {
+        "q8_0-int8-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("int8 matmul takes f32 activations");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("int8 matmul takes a contiguous activation");
+        };
+        let (rows, k) = layout.shape().dims2()?;
+        if k != self.0.k() {
+            candle_core::bail!("int8 matmul: input width {k}, weights take {}", self.0.k());
+        }
+        let mut out = vec![0f32; rows * self.0.n()];
+        self.0.matmul(&data[start..end], rows, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((rows, self.0.n()))))
+    }
+}

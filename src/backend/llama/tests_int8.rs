@@ -1,0 +1,168 @@
+//! The forward pass on each int8 kernel, on a tiny random Q8_0 llama written to a temporary
+//! GGUF file. It runs in a moment on any CPU, so the portable kernel's forward (the only int8
+//! path a CPU without VNNI has) is tested everywhere; its widths hit tile edges (vocab 100,
+//! q|k|v 128, gate|up 192).
+
+use super::*;
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::QTensor;
+use candle_core::Tensor;
+use candle_transformers::models::quantized_llama::ModelWeights;
+use std::path::PathBuf;
+
+const HIDDEN: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const FFN: usize = 96;
+const VOCAB: usize = 100;
+const LAYERS: usize = 2;
+
+/// A tiny random llama GGUF in the temp dir, removed on drop.
+struct TinyGguf(PathBuf);
+
+impl TinyGguf {
+    fn new(tag: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("tiergate-tiny-{tag}-{}.gguf", std::process::id()));
+        write_tiny(&path).expect("write tiny GGUF");
+        Self(path)
+    }
+}
+
+impl Drop for TinyGguf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn q8_0(rows: usize, cols: usize) -> candle_core::Result<QTensor> {
+    let std = 1.0 / (cols as f32).sqrt();
+    let w = Tensor::randn(0f32, std, (rows, cols), &Device::Cpu)?;
+    QTensor::quantize(&w, GgmlDType::Q8_0)
+}
+
+fn norm() -> candle_core::Result<QTensor> {
+    let w = (Tensor::randn(0f32, 0.2, HIDDEN, &Device::Cpu)? + 1.0)?;
+    QTensor::quantize(&w, GgmlDType::F32)
+}
+
+fn write_tiny(path: &Path) -> candle_core::Result<()> {
+    let u32_value = |v: usize| Value::U32(v as u32);
+    let metadata = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", u32_value(HIDDEN)),
+        ("llama.attention.head_count", u32_value(HEADS)),
+        ("llama.attention.head_count_kv", u32_value(KV_HEADS)),
+        ("llama.block_count", u32_value(LAYERS)),
+        ("llama.feed_forward_length", u32_value(FFN)),
+        ("llama.context_length", u32_value(64)),
+        ("llama.rope.dimension_count", u32_value(HIDDEN / HEADS)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.freq_base", Value::F32(10_000.0)),
+    ];
+    let kv_width = KV_HEADS * HIDDEN / HEADS;
+    let mut tensors = vec![
+        ("token_embd.weight".to_string(), q8_0(VOCAB, HIDDEN)?),
+        ("output.weight".to_string(), q8_0(VOCAB, HIDDEN)?),
+        ("output_norm.weight".to_string(), norm()?),
+    ];
+    for i in 0..LAYERS {
+        let p = |name: &str| format!("blk.{i}.{name}.weight");
+        tensors.extend([
+            (p("attn_norm"), norm()?),
+            (p("attn_q"), q8_0(HIDDEN, HIDDEN)?),
+            (p("attn_k"), q8_0(kv_width, HIDDEN)?),
+            (p("attn_v"), q8_0(kv_width, HIDDEN)?),
+            (p("attn_output"), q8_0(HIDDEN, HIDDEN)?),
+            (p("ffn_norm"), norm()?),
+            (p("ffn_gate"), q8_0(FFN, HIDDEN)?),
+            (p("ffn_up"), q8_0(FFN, HIDDEN)?),
+            (p("ffn_down"), q8_0(HIDDEN, FFN)?),
+        ]);
+    }
+    let metadata: Vec<_> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    gguf_file::write(&mut file, &metadata, &tensors)
+}
+
+fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
+    let opts = LlamaOptions {
+        max_slots: 2,
+        max_seq_len: 64,
+        cpu_weight_format: None,
+    };
+    load_gguf_with_kernel(&tiny.0, &Device::Cpu, &opts, int8).expect("load tiny model")
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Two sequences prefilled, then decoded together for a few greedy steps: every logits row.
+fn run_two_sequences(model: &mut LlamaModel) -> Vec<Vec<f32>> {
+    let mut rows = vec![
+        model.prefill(0, &[1, 5, 17, 42, 99]).expect("prefill 0"),
+        model.prefill(1, &[7, 3]).expect("prefill 1"),
+    ];
+    for _ in 0..4 {
+        let n = rows.len();
+        let batch = [(0, argmax(&rows[n - 2])), (1, argmax(&rows[n - 1]))];
+        rows.extend(model.decode(&batch).expect("decode"));
+    }
+    rows
+}
+
+#[test]
+fn portable_kernel_forward_is_bit_identical_to_the_fastest() {
+    let tiny = TinyGguf::new("bits");
+    let portable = run_two_sequences(&mut load(&tiny, Some(Isa::Portable)));
+    let fastest = run_two_sequences(&mut load(&tiny, Some(Isa::best())));
+    for (i, (a, b)) in portable.iter().zip(&fastest).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "logits row {i} differs between Portable and {:?}",
+            Isa::best()
+        );
+    }
+}
+
+/// candle's quantized_llama on the same file, fed the same tokens. Only the f32 summation
+/// order across blocks differs (see `tests_gguf`); with two blocks per row and two layers no
+/// activation rounding flips (measured max 2.4e-7 over these 6 steps), so we allow 1e-4.
+#[test]
+fn portable_kernel_forward_follows_candle_quantized_llama() {
+    let tiny = TinyGguf::new("candle");
+    let mut file = std::fs::File::open(&tiny.0).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("header");
+    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
+    let mut ours = load(&tiny, Some(Isa::Portable));
+    let prompt = [1u32, 5, 17, 42, 99, 3, 8, 64];
+    let input = Tensor::new(&prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0));
+    let mut want = reference
+        .forward(&input.expect("input"), 0)
+        .expect("forward");
+    let mut got = ours.prefill(0, &prompt).expect("prefill");
+    for step in 0..6 {
+        let want_row: Vec<f32> = want.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
+        let diff = got
+            .iter()
+            .zip(&want_row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
+        let next = argmax(&want_row);
+        let input = Tensor::new(&[[next]], &Device::Cpu).expect("input");
+        want = reference
+            .forward(&input, prompt.len() + step)
+            .expect("forward");
+        got = ours.decode(&[(0, next)]).expect("decode").remove(0);
+    }
+}
