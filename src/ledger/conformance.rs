@@ -17,7 +17,12 @@ pub fn record(i: u64) -> UsageRecord {
         request_id: format!("req-{i}"),
         time_ms: NOV_2026_MS + i as i64 * 3_600_000,
         tenant: format!("t{}", i % 3),
-        tier: if i % 2 == 0 { "aiss" } else { "commercial" }.into(),
+        tier: if i.is_multiple_of(2) {
+            "aiss"
+        } else {
+            "commercial"
+        }
+        .into(),
         grant_id: "G-42".into(),
         model: "smollm2-135m-instruct".into(),
         replica: if rejected { None } else { Some(i as u32 % 2) },
