@@ -189,6 +189,11 @@ pub struct ModelConfig {
     /// smooths inter-token latency of running streams at the cost of newcomers' first token.
     #[serde(default = "default_decode_steps")]
     pub max_decode_steps_before_prefill: usize,
+    /// How long a slot is kept free for a tier that just finished a request and is below its
+    /// weighted share of slots, so that a flood from another tier cannot take it meanwhile
+    /// (0: off). Longer than a client's turnaround between two requests.
+    #[serde(default = "default_grace")]
+    pub fair_share_grace_ms: u64,
     /// Requests waiting for this model beyond which new ones get 503 at once.
     #[serde(default = "default_queue")]
     pub max_queue: usize,
@@ -219,6 +224,9 @@ fn default_batch() -> usize {
 }
 fn default_seq_len() -> usize {
     4096
+}
+fn default_grace() -> u64 {
+    250
 }
 fn default_queue() -> usize {
     64
@@ -270,6 +278,7 @@ impl ModelConfig {
             max_batch_tokens: None,
             max_prefill_tokens: default_prefill(),
             max_decode_steps_before_prefill: default_decode_steps(),
+            fair_share_grace_ms: default_grace(),
             max_queue: default_queue(),
             queue_timeout_secs: None,
             replicas: default_replicas(),

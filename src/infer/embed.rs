@@ -294,7 +294,7 @@ fn take_jobs(queue: &ModelQueue<EmbedJob>, knobs: EmbedKnobs, name: &str) -> Vec
         if !jobs.is_empty() && rows >= knobs.max_batch_rows {
             break;
         }
-        let Some(job) = q.pop_fitting(room) else {
+        let Some(job) = q.pop_fitting(room, 0) else {
             break;
         };
         if now > job.queue_deadline {

@@ -204,6 +204,9 @@ impl Engine {
                     knobs.max_batch_tokens,
                 ))
             });
+            queue
+                .lock()
+                .add_replica_slots(knobs.max_batch_size, mc.fair_share_grace_ms);
             let ctx = Arc::new(WorkerContext {
                 name: mc.name.clone(),
                 tokenizer: tokenizer.clone(),

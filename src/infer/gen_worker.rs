@@ -28,6 +28,8 @@ pub(crate) struct GenJob {
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
     pub progress: Arc<Progress>,
+    /// Scheduling class (the tier's index), for slot shares.
+    pub class: usize,
     /// Metrics label.
     pub tier: String,
     /// The request's span, so the replica thread's logs about it carry its request id.
@@ -66,6 +68,7 @@ struct Sequence {
     last: u32,
     done: bool,
     progress: Arc<Progress>,
+    class: usize,
     tier: String,
     span: tracing::Span,
     enqueued: Instant,
@@ -78,6 +81,12 @@ struct Sequence {
 struct Capacity {
     free_slots: Vec<usize>,
     free_tokens: usize,
+}
+
+/// Milliseconds on a process-wide monotonic clock (slot-share grace periods).
+fn now_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
 }
 
 /// A replica's own metric handles, resolved once (labels: model, replica).
@@ -125,6 +134,12 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             return;
         }
         admit(ctx, &mut cap, &mut live, replica);
+        if live.is_empty() {
+            // Work is queued but a slot is held for a class about to return (see `share`):
+            // check again shortly instead of spinning.
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
         let views: Vec<SeqView> = live
             .iter()
             .map(|s| SeqView {
@@ -154,6 +169,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
                 metrics.cancelled.inc();
             }
             if !keep {
+                ctx.queue.lock().ended(seq.class, now_ms());
                 model.release(seq.slot);
                 cap.free_slots.push(seq.slot);
                 cap.free_tokens += seq.cost;
@@ -188,9 +204,10 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
         !job.events.is_closed()
     });
     while !cap.free_slots.is_empty() {
-        let Some(job) = queue.pop_fitting(cap.free_tokens) else {
+        let Some(job) = queue.pop_fitting(cap.free_tokens, now_ms()) else {
             break;
         };
+        queue.started(job.class);
         if job.events.try_send(GenEvent::Admitted).is_err() {
             continue;
         }
@@ -215,6 +232,7 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
             last: 0,
             done: false,
             progress: job.progress,
+            class: job.class,
             tier: job.tier,
             span: job.span,
             enqueued: job.enqueued,

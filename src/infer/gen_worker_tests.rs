@@ -78,6 +78,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         events: tx,
         progress: Default::default(),
+        class: 0,
         tier: "test".into(),
         span: tracing::Span::none(),
     };

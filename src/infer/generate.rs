@@ -287,6 +287,7 @@ impl GenerateModel {
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
             progress: progress.clone(),
+            class: req.class,
             tier: req.tier.clone(),
             span: tracing::Span::current(),
         };

@@ -11,6 +11,7 @@ mod generate;
 pub mod policy;
 mod queue;
 pub mod sampling;
+pub mod share;
 pub mod text;
 
 pub use embed::{EmbedInput, EmbedModel, EmbedOutput};

@@ -8,6 +8,7 @@
 //! next. Within a class it is FIFO, and a head that does not fit the free KV budget is never
 //! overtaken, so long prompts cannot starve.
 
+use super::share::SlotShare;
 use std::collections::VecDeque;
 
 /// Operator knobs of one generation replica.
@@ -44,6 +45,8 @@ pub struct FairQueue<T> {
     len: usize,
     capacity: usize,
     max_cost: usize,
+    /// Slot shares between classes (generation); no slots = off (embeddings).
+    share: SlotShare,
 }
 
 impl<T> FairQueue<T> {
@@ -64,7 +67,25 @@ impl<T> FairQueue<T> {
             len: 0,
             capacity,
             max_cost,
+            share: SlotShare::new(0, 0),
         }
+    }
+
+    /// Turns on slot shares: a replica with `slots` slots serves this queue; a class that
+    /// ran within `grace_ms` keeps its share of slots free that long (see `share`).
+    pub fn add_replica_slots(&mut self, slots: usize, grace_ms: u64) {
+        self.share.add_slots(slots);
+        self.share.set_grace(grace_ms);
+    }
+
+    /// A request of `class` took a slot.
+    pub fn started(&mut self, class: usize) {
+        self.share.started(class);
+    }
+
+    /// A request of `class` left its slot at `now_ms`.
+    pub fn ended(&mut self, class: usize, now_ms: u64) {
+        self.share.ended(class, now_ms);
     }
 
     pub fn len(&self) -> usize {
@@ -84,7 +105,11 @@ impl<T> FairQueue<T> {
             return Err(PushError::Full(item));
         }
         let c = class.min(self.classes.len() - 1);
-        if self.classes[c].items.is_empty() {
+        if self.len == 0 {
+            // Nobody waits: there is no contention to be fair about, and a class that ran
+            // alone earlier must not carry that as debt into the next contention.
+            self.classes.iter_mut().for_each(|k| k.virtual_time = 0.0);
+        } else if self.classes[c].items.is_empty() {
             // A class returning from idle starts at the busy classes' virtual time, so it
             // cannot bank credit while it sent nothing.
             let floor = self
@@ -98,9 +123,15 @@ impl<T> FairQueue<T> {
         Ok(())
     }
 
-    /// The next request to admit, if the fair pick fits in `free_tokens` of KV budget.
-    pub fn pop_fitting(&mut self, free_tokens: usize) -> Option<T> {
+    /// The next request to admit, if the fair pick fits in `free_tokens` of KV budget and
+    /// does not take a slot held for a class about to come back (`now_ms`: a monotonic clock).
+    pub fn pop_fitting(&mut self, free_tokens: usize, now_ms: u64) -> Option<T> {
         let c = self.fair_pick()?;
+        let weights: Vec<f64> = self.classes.iter().map(|k| k.weight).collect();
+        let waiting: Vec<bool> = self.classes.iter().map(|k| !k.items.is_empty()).collect();
+        if self.share.should_hold(c, &weights, &waiting, now_ms) {
+            return None;
+        }
         let class = &mut self.classes[c];
         let &(cost, _) = class.items.front()?;
         if cost > free_tokens {
@@ -255,7 +286,7 @@ mod tests {
         for i in 0..5 {
             q.push(0, 10, i).unwrap();
         }
-        let order: Vec<i32> = std::iter::from_fn(|| q.pop_fitting(100)).collect();
+        let order: Vec<i32> = std::iter::from_fn(|| q.pop_fitting(100, 0)).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
     }
 
@@ -279,9 +310,9 @@ mod tests {
         let mut q = FairQueue::new(&[1.0], 10, 1000);
         q.push(0, 500, "long").unwrap();
         q.push(0, 10, "short").unwrap();
-        assert_eq!(q.pop_fitting(100), None, "short must not overtake long");
-        assert_eq!(q.pop_fitting(500), Some("long"));
-        assert_eq!(q.pop_fitting(10), Some("short"));
+        assert_eq!(q.pop_fitting(100, 0), None, "short must not overtake long");
+        assert_eq!(q.pop_fitting(500, 0), Some("long"));
+        assert_eq!(q.pop_fitting(10, 0), Some("short"));
     }
 
     #[test]
@@ -292,7 +323,7 @@ mod tests {
             q.push(1, 10, (1, i)).unwrap();
         }
         let firsts: Vec<usize> = (0..200)
-            .filter_map(|_| q.pop_fitting(100))
+            .filter_map(|_| q.pop_fitting(100, 0))
             .map(|(c, _)| c)
             .collect();
         let class0 = firsts.iter().filter(|&&c| c == 0).count();
@@ -307,12 +338,12 @@ mod tests {
             q.push(0, 10, (0, i)).unwrap();
         }
         for _ in 0..50 {
-            q.pop_fitting(100);
+            q.pop_fitting(100, 0);
         }
         q.push(1, 10, (1, 0)).unwrap();
         // The newcomer starts at the flood's virtual time: served within two picks.
         let next: Vec<usize> = (0..2)
-            .filter_map(|_| q.pop_fitting(100))
+            .filter_map(|_| q.pop_fitting(100, 0))
             .map(|(c, _)| c)
             .collect();
         assert!(next.contains(&1), "{next:?}");
@@ -325,14 +356,14 @@ mod tests {
             q.push(0, 10, (0, i)).unwrap();
         }
         for _ in 0..100 {
-            q.pop_fitting(100);
+            q.pop_fitting(100, 0);
         }
         for i in 0..10 {
             q.push(0, 10, (0, i)).unwrap();
             q.push(1, 10, (1, i)).unwrap();
         }
         let next: Vec<usize> = (0..4)
-            .filter_map(|_| q.pop_fitting(100))
+            .filter_map(|_| q.pop_fitting(100, 0))
             .map(|(c, _)| c)
             .collect();
         assert_eq!(
@@ -350,8 +381,8 @@ mod tests {
         }
         q.retain(|&i| i % 2 == 0);
         assert_eq!(q.len(), 2);
-        assert_eq!(q.pop_fitting(10), Some(0));
-        assert_eq!(q.pop_fitting(10), Some(2));
+        assert_eq!(q.pop_fitting(10, 0), Some(0));
+        assert_eq!(q.pop_fitting(10, 0), Some(2));
     }
 
     #[test]

@@ -35,18 +35,49 @@ impl Drop for TinyGguf {
     }
 }
 
+/// Seeded normal-ish values (sum of 4 uniforms, rescaled), so every run builds the same
+/// model: with fresh random weights a run can land an activation next to a rounding boundary
+/// of the int8 quantization and move a logit by ~0.03 (seen once), which is not a bug.
+fn seeded(n: usize, std: f32, salt: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7e57 ^ salt);
+    (0..n)
+        .map(|_| {
+            let s: f32 = (0..4).map(|_| rng.random::<f32>() - 0.5).sum();
+            s * std * 3f32.sqrt()
+        })
+        .collect()
+}
+
+thread_local! {
+    /// The tensor count of the file being written on this thread: each tensor's seed.
+    static SALT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn next_salt() -> u64 {
+    SALT.with(|s| {
+        s.set(s.get() + 1);
+        s.get()
+    })
+}
+
 fn q8_0(rows: usize, cols: usize) -> candle_core::Result<QTensor> {
     let std = 1.0 / (cols as f32).sqrt();
-    let w = Tensor::randn(0f32, std, (rows, cols), &Device::Cpu)?;
+    let w = Tensor::from_vec(
+        seeded(rows * cols, std, next_salt()),
+        (rows, cols),
+        &Device::Cpu,
+    )?;
     QTensor::quantize(&w, GgmlDType::Q8_0)
 }
 
 fn norm() -> candle_core::Result<QTensor> {
-    let w = (Tensor::randn(0f32, 0.2, HIDDEN, &Device::Cpu)? + 1.0)?;
+    let w = (Tensor::from_vec(seeded(HIDDEN, 0.2, next_salt()), HIDDEN, &Device::Cpu)? + 1.0)?;
     QTensor::quantize(&w, GgmlDType::F32)
 }
 
 fn write_tiny(path: &Path) -> candle_core::Result<()> {
+    SALT.with(|s| s.set(0));
     let u32_value = |v: usize| Value::U32(v as u32);
     let metadata = [
         ("general.architecture", Value::String("llama".into())),
