@@ -45,7 +45,7 @@ def main(base_url, paced_key, broke_key):
     )
     waited = time.monotonic() - started
     check(statuses == [200, 429, 200], f"second request retried once after a 429: {statuses}")
-    check(0.5 <= waited < 10, f"the SDK waited about the advertised second: {waited:.2f}s")
+    check(1.0 <= waited < 30, f"the SDK waited for the advertised refill: {waited:.2f}s")
     remaining = raw.headers.get("x-ratelimit-remaining-requests")
     check(remaining == "0", f"x-ratelimit-remaining-requests after it: {remaining}")
 
