@@ -207,13 +207,14 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
         let Some(job) = queue.pop_fitting(cap.free_tokens, now_ms()) else {
             break;
         };
-        queue.started(job.class);
         if job.events.try_send(GenEvent::Admitted).is_err() {
             continue;
         }
         let Some(slot) = cap.free_slots.pop() else {
             break;
         };
+        // Counted from here until the sequence leaves `live` (then `ended`).
+        queue.started(job.class);
         cap.free_tokens -= job.cost();
         let waited = now.saturating_duration_since(job.enqueued);
         job.progress.admitted(replica, waited);
