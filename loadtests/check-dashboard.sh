@@ -17,9 +17,9 @@
 #   RATE_INTERVAL   what $__rate_interval becomes (default 1m); $__range becomes RANGE (5m)
 #   KEEP_TMP=1      keep the temporary directory (configs, logs, Prometheus data)
 #
-# The gateway runs from a copy of config/tiergate.toml whose chat model has a queue of 4
-# (so a burst is answered 503 overloaded) and a queue timeout of 2 s, with a temporary keys
-# file, SQLite ledger and tenants file (config/tenants.toml plus a tenant with no budget).
+# The gateway runs from a copy of config/tiergate.toml whose chat model has a queue of 8 (so
+# a burst is answered 503 overloaded), with a temporary keys file, SQLite ledger and tenants
+# file (config/tenants.toml plus a tenant with no budget).
 # Nothing under config/ is written. A sample of /metrics is left in
 # loadtests/results/dashboard-check-metrics.txt.
 set -euo pipefail
@@ -84,11 +84,13 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Waits until URL answers 200, at most $2 seconds; $3 is the PID that must stay alive.
+# Waits until URL answers 200, at most $2 seconds; $3 is the PID that must stay alive; more
+# arguments go to curl.
 wait_200() {
     local url=$1 secs=$2 pid=$3 i
+    shift 3
     for ((i = 0; i < secs * 2; i++)); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") == 200 ]] && return 0
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url") == 200 ]] && return 0
         kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.5
     done
@@ -103,7 +105,7 @@ prom=http://127.0.0.1:$prom_port
 
 # ---------------------------------------------------------------------------- gateway
 # First max_queue in the file is the chat model's.
-sed '0,/^max_queue = .*/s//max_queue = 4/' config/tiergate.toml >"$tmp/tiergate.toml"
+sed '0,/^max_queue = .*/s//max_queue = 8/' config/tiergate.toml >"$tmp/tiergate.toml"
 cp config/tenants.toml "$tmp/tenants.toml"
 cat >>"$tmp/tenants.toml" <<'EOF'
 
@@ -112,7 +114,7 @@ id = "check-no-budget"
 name = "Dashboard check: every request is over budget"
 tier = "research"
 grant = "none"
-monthly_budget_hkd = 0.0
+overrides = { monthly_budget_hkd = 0.0 }
 EOF
 export TIERGATE_CONFIG=$tmp/tiergate.toml
 export TIERGATE_LISTEN=127.0.0.1:$api_port
@@ -120,19 +122,20 @@ export TIERGATE_METRICS__LISTEN=127.0.0.1:$metrics_port
 export TIERGATE_LEDGER__URL=sqlite://$tmp/ledger.db
 export TIERGATE_TENANCY__KEYS_FILE=$tmp/keys.toml
 export TIERGATE_TENANCY__TENANTS_FILE=$tmp/tenants.toml
-export TIERGATE_LIMITS__QUEUE_TIMEOUT_SECS=2
 
 declare -A key
 for tenant in demo-commercial demo-aiss demo-aiss-special demo-research demo-sandbox \
     check-no-budget; do
-    key[$tenant]=$("$TIERGATE_BIN" keys create --tenant "$tenant" 2>/dev/null)
+    key[$tenant]=$("$TIERGATE_BIN" keys create --tenant "$tenant" 2>"$tmp/keys.log") ||
+        { cat "$tmp/keys.log" >&2; die "cannot make a key for $tenant"; }
 done
 
 log "gateway on $api, metrics on 127.0.0.1:$metrics_port (log: $tmp/gateway.log)"
 "$TIERGATE_BIN" serve >"$tmp/gateway.log" 2>&1 &
 gateway=$!
 pids+=("$gateway")
-if ! wait_200 "$api/ready" 600 "$gateway" ||
+# /ready wants a key like every route but /health.
+if ! wait_200 "$api/ready" 600 "$gateway" -H "Authorization: Bearer ${key[demo-commercial]}" ||
     ! wait_200 "http://127.0.0.1:$metrics_port/metrics" 10 "$gateway"; then
     tail -n 20 "$tmp/gateway.log" >&2
     die "the gateway did not become ready"
@@ -170,42 +173,61 @@ loadgen() { # tenant, then loadgen flags
 post() { # tenant, path, body, extra curl flags: prints the status code
     local tenant=$1 path=$2 body=$3
     shift 3
-    curl -s -o /dev/null -w '%{http_code}\n' "$@" -H "Authorization: Bearer ${key[$tenant]}" \
-        -H 'Content-Type: application/json' -d "$body" "$api$path" || true
+    curl -s -o /dev/null -w "%{http_code} $tenant $path\n" "$@" \
+        -H "Authorization: Bearer ${key[$tenant]}" -H 'Content-Type: application/json' \
+        -d "$body" "$api$path" || true
 }
 chat() { # max_tokens, stream
     printf '{"model":"%s","messages":[{"role":"user","content":"Tell me about Hong Kong."}],"max_tokens":%d,"stream":%s,"ignore_eos":true}' \
         "$CHAT_MODEL" "$1" "$2"
 }
 
-log "traffic: five tiers at once, about a minute"
+# Closed loops for TRAFFIC_SECS (each worker sends its next request when one ends), all
+# tiers at once, and on the side: clients that leave mid-stream, an over-budget tenant,
+# embeddings, a bad model and a bad key; then a burst over the chat model's short queue.
+TRAFFIC_SECS=${TRAFFIC_SECS:-45}
+log "traffic: five tiers at once for $TRAFFIC_SECS s"
 t0=$SECONDS
 traffic=()
-# commercial: a burst of 16 over a queue of 4 -> some 503 overloaded / timeout
-loadgen demo-commercial --concurrency 16 --requests 48 &
+steady() { # tenant, concurrency, more loadgen flags
+    local tenant=$1 concurrency=$2
+    shift 2
+    loadgen "$tenant" --concurrency "$concurrency" --requests 10000 \
+        --duration-secs "$TRAFFIC_SECS" --backoff-429-ms 500 "$@"
+}
+steady demo-commercial 3 &
 traffic+=($!)
-loadgen demo-aiss --concurrency 2 --requests 12 &
+steady demo-aiss 2 &
 traffic+=($!)
-loadgen demo-aiss-special --concurrency 1 --requests 6 --endpoint completions --stream false &
+steady demo-aiss-special 1 --endpoint completions --stream false &
 traffic+=($!)
-loadgen demo-research --concurrency 2 --requests 8 &
+steady demo-research 1 &
 traffic+=($!)
-# sandbox allows 2 concurrent requests per tenant: 8 at once -> 429 rate_limited
-loadgen demo-sandbox --concurrency 8 --requests 32 &
+# sandbox allows 2 concurrent requests per tenant: 4 workers -> 429 rate_limited. After a
+# 429 a worker waits 500 ms (a 503 it retries at once).
+steady demo-sandbox 4 &
 traffic+=($!)
 {
+    sleep 2
+    # Clients that leave mid-stream: cancelled requests, freed slots.
+    post demo-aiss-special /v1/chat/completions "$(chat 1000 true)" --max-time 8 &
+    post demo-research /v1/chat/completions "$(chat 1000 true)" --max-time 10 &
     for _ in 1 2 3; do
         post check-no-budget /v1/chat/completions "$(chat 32 false)" # 429 over_budget
         post demo-research /v1/embeddings \
             "{\"model\":\"$EMBED_MODEL\",\"input\":[\"tiergate\",\"a dashboard check\"]}"
+        sleep 5
     done
-    # Clients that leave mid-stream: cancelled requests and freed slots.
-    post demo-aiss /v1/chat/completions "$(chat 1000 true)" --max-time 3 &
-    post demo-research /v1/chat/completions "$(chat 1000 true)" --max-time 4
-    wait
     post demo-aiss /v1/chat/completions '{"model":"no-such-model"}' # invalid
     key[nobody]=not-a-key
     post nobody /v1/chat/completions "$(chat 8 false)" # unauthorized
+    wait
+    # A burst of 16 on top of the loops: beyond the free slots and the queue of 8 -> 503.
+    sleep $((TRAFFIC_SECS / 2 - 15 > 0 ? TRAFFIC_SECS / 2 - 15 : 0))
+    for _ in $(seq 1 16); do
+        post demo-commercial /v1/chat/completions "$(chat 16 false)" &
+    done
+    wait
 } >"$tmp/curl.log" 2>&1 &
 traffic+=($!)
 pids+=("${traffic[@]}")
