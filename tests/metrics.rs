@@ -249,6 +249,22 @@ async fn scrapes_answer_while_a_generation_is_running() {
         ) >= 1.0
     );
     assert!(stream.chunk().await.expect("more").is_some());
+    // The client leaves: its slot is counted as cancelled.
+    drop(stream);
+    let mut cancelled = 0.0;
+    for _ in 0..200 {
+        let all = scrape().await;
+        cancelled = total(
+            &all,
+            "tiergate_cancelled_slots_total",
+            &[("model", CHAT_MODEL)],
+        );
+        if cancelled >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(cancelled >= 1.0);
 }
 
 #[tokio::test]

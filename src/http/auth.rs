@@ -109,7 +109,9 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
-    if !metered.load(Ordering::Acquire) {
+    // Probes are not API traffic: counting /ready while models load would read as rejections.
+    let probe = route == "/health" || route == "/ready";
+    if !metered.load(Ordering::Acquire) && !probe {
         let status = response.status().as_u16();
         let outcome = match status {
             401 => "unauthorized",
@@ -132,11 +134,7 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             ])
             .inc();
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        if route == "/health" {
-            tracing::debug!(parent: &span, status, ms, "access");
-        } else {
-            tracing::info!(parent: &span, status, tier, outcome, ms, "access");
-        }
+        tracing::info!(parent: &span, status, tier, outcome, ms, "access");
     }
     response
 }

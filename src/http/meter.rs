@@ -205,7 +205,9 @@ impl Meter {
             (None, Some((r, q, d))) => (Some(r), q, d),
             (None, None) => (None, Duration::ZERO, 0.0),
         };
-        let ran = self.admission.is_some();
+        // Billed only for work a replica did: a request refused by the queue (full, timed
+        // out) or abandoned while waiting used no tokens.
+        let ran = replica.is_some();
         let (prompt, completion) = if ran {
             (self.prompt_tokens, completion)
         } else {

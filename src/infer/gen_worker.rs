@@ -67,6 +67,8 @@ struct Sequence {
     generated: usize,
     last: u32,
     done: bool,
+    /// The client went away (a send failed or the channel is closed): a cancelled slot.
+    cancelled: bool,
     progress: Arc<Progress>,
     class: usize,
     tier: String,
@@ -165,7 +167,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
         }
         live.retain(|seq| {
             let keep = !seq.done && !seq.events.is_closed();
-            if !seq.done && seq.events.is_closed() {
+            if seq.cancelled || (!seq.done && seq.events.is_closed()) {
                 metrics.cancelled.inc();
             }
             if !keep {
@@ -232,6 +234,7 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
             generated: 0,
             last: 0,
             done: false,
+            cancelled: false,
             progress: job.progress,
             class: job.class,
             tier: job.tier,
@@ -406,6 +409,7 @@ impl Sequence {
         }
         if self.events.try_send(event).is_err() {
             self.done = true;
+            self.cancelled = true;
         }
     }
 }
