@@ -87,12 +87,17 @@ impl SlotShare {
             return false;
         }
         let total: f64 = active.iter().map(|&c| weights[c]).sum();
-        let share = |c: usize| ((self.slots as f64 * weights[c] / total).floor() as usize).max(1);
-        if self.live(class) < share(class) {
+        let exact = |c: usize| self.slots as f64 * weights[c] / total;
+        // The taker may have its share rounded down, the returning class rounded up: a
+        // weight-1 tier owed 1.6 of 8 slots keeps both of its 2 streams running.
+        if self.live(class) < (exact(class).floor() as usize).max(1) {
             return false;
         }
         active.iter().any(|&d| {
-            d != class && !is_waiting(d) && self.recent(d, now_ms) && self.live(d) < share(d)
+            d != class
+                && !is_waiting(d)
+                && self.recent(d, now_ms)
+                && self.live(d) < exact(d).ceil() as usize
         })
     }
 }
@@ -157,6 +162,22 @@ mod tests {
         s.started(1);
         s.ended(1, 1000);
         assert!(!s.should_hold(0, &W, &[true, false], 1010));
+    }
+
+    #[test]
+    fn a_fractional_share_is_rounded_up_for_the_returning_class() {
+        // 8 slots, weights 2:2:1: the weight-1 class is owed 1.6 slots, so its second
+        // stream is kept a slot while it has one running.
+        let w = [2.0, 2.0, 1.0];
+        let mut s = SlotShare::new(8, 200);
+        for _ in 0..3 {
+            s.started(0);
+            s.started(1);
+        }
+        s.started(2);
+        s.started(2);
+        s.ended(2, 1000);
+        assert!(s.should_hold(0, &w, &[true, true, false], 1010));
     }
 
     #[test]
