@@ -26,7 +26,7 @@ mod tests;
 
 pub use chain::{row_hash, verify, Break, BreakKind, ChainReport, VerifyReport, GENESIS};
 pub use config::LedgerConfig;
-pub use month::{month_range, month_range_of};
+pub use month::{civil_from_days, month_range, month_range_of};
 pub use price::{cost_split, CostSplit, Price};
 pub use record::{Outcome, UsageRecord};
 pub use report::{build_report, hkd, Report, ReportFormat, ReportRow};

@@ -212,6 +212,6 @@ fn months_follow_the_utc_calendar() {
     assert_eq!(month_of(dec1_2026 - 1), 202611);
     assert_eq!(month_of(dec1_2026), 202612);
     // 2024-02-29 exists (leap year), 2024-03-01 is the next month.
-    assert_eq!(super::civil_from_days(19_782), (2024, 2, 29));
+    assert_eq!(month_of(19_782 * day), 202402);
     assert_eq!(month_of(19_783 * day), 202403);
 }

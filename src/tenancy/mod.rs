@@ -111,26 +111,10 @@ impl Tenancy {
     }
 }
 
-/// The calendar month (UTC) of a unix time in ms, as yyyymm.
+/// The calendar month (UTC) of a unix time in ms, as yyyymm (the ledger's calendar).
 pub fn month_of(unix_ms: i64) -> u32 {
-    let days = unix_ms.div_euclid(86_400_000);
-    let (y, m, _) = civil_from_days(days);
-    (y * 100 + m) as u32
-}
-
-/// Howard Hinnant's days-to-civil conversion: (year, month, day) of a day count since
-/// 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let (y, m, _) = crate::ledger::civil_from_days(unix_ms.div_euclid(86_400_000));
+    y as u32 * 100 + m
 }
 
 pub fn unix_ms_now() -> i64 {
