@@ -17,10 +17,11 @@ struct Fixture {
     config: tiergate::config::Config,
 }
 
-const TENANTS: [&str; 7] = [
+const TENANTS: [&str; 8] = [
     "t-open",
     "t-three-rpm",
     "t-small-tpm",
+    "t-small-tpm-oversized",
     "t-one-at-a-time",
     "t-tiny-budget",
     "t-sandbox",
@@ -226,7 +227,12 @@ async fn twenty_concurrent_reservations_never_exceed_the_token_bucket() {
 
 #[tokio::test]
 async fn a_request_larger_than_the_bucket_is_refused_without_retry() {
-    let r = as_tenant("t-small-tpm", "/v1/completions", sized_completion(300, 200)).await;
+    let r = as_tenant(
+        "t-small-tpm-oversized",
+        "/v1/completions",
+        sized_completion(300, 200),
+    )
+    .await;
     assert_eq!(r.status, 429);
     assert_eq!(header(&r, "x-should-retry"), "false");
 }
