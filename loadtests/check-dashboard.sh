@@ -27,6 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DASHBOARD=${DASHBOARD:-config/grafana/tiergate.json}
 TIERGATE_BIN=${TIERGATE_BIN:-target/release/tiergate}
+# The gateway reads every TIERGATE_* variable as a config key and refuses unknown ones.
+export -n TIERGATE_BIN
 LOADGEN_BIN=${LOADGEN_BIN:-target/release/examples/loadgen}
 PROMETHEUS_BIN=${PROMETHEUS_BIN:-prometheus}
 RATE_INTERVAL=${RATE_INTERVAL:-1m}

@@ -10,6 +10,8 @@
 # default requantizes SmolLM2's Q4_1 to Q8_0 at load, so use a Q8_0 copy made with
 # `llama-quantize --allow-requantize IN OUT Q8_0`).
 # LOADGEN_ARGS: extra loadgen flags for both runs, e.g. "--concurrency 1,4,8,16".
+# DTYPE: the chat model's CPU weight format on our side (e.g. "q4_0" against a Q4_0 GGUF);
+# unset keeps the manifest's default (q8_0).
 # Results are appended to loadtests/results/loadgen.{csv,jsonl} with a `server` label.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,8 @@ wait_ready() { # url
 # tiergate: the chat model's batch size = slots, CPU threads = threads.
 config=$(mktemp --suffix=.toml)
 sed -e "0,/^max_batch_size = .*/s//max_batch_size = $slots/" \
-    -e "0,/threads = 0/s//threads = $threads/" config/tiergate.toml > "$config"
+    -e "0,/threads = 0/s//threads = $threads/" \
+    ${DTYPE:+-e "0,/^# dtype = .*/s//dtype = \"$DTYPE\"/"} config/tiergate.toml > "$config"
 # No keys (llama-server has none either): the anonymous tenant on the commercial tier, whose
 # 16 concurrent requests cover the scenarios; its ledger beside the log.
 TIERGATE_TENANCY__AUTH=off TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
