@@ -229,13 +229,15 @@ fn main() -> candle_core::Result<()> {
             let mut variants = variants(&formats, &args, candle, ours);
             time_interleaved(&mut variants, &args);
             let base = median(&mut variants[0].times).as_secs_f64();
+            // Markdown: the fused shapes' labels (q|k|v) must not split the row.
+            let cell = label.replace('|', "\\|");
             for v in variants.iter_mut() {
                 let t = median(&mut v.times).as_secs_f64();
                 let best = v.times[0].as_secs_f64();
                 let gmac = (rows * n * k) as f64 / t / 1e9;
                 let gbs = v.bytes as f64 / t / 1e9;
                 println!(
-                    "| {label} | {rows} | {} | {:.1} | {:.1} | {gmac:.1} | {gbs:.1} | {:.2}x |",
+                    "| {cell} | {rows} | {} | {:.1} | {:.1} | {gmac:.1} | {gbs:.1} | {:.2}x |",
                     v.name,
                     t * 1e6,
                     best * 1e6,
