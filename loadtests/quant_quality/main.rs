@@ -167,7 +167,10 @@ fn report(args: &Args, prompts: &[Vec<u32>], text_tokens: usize, runs: &mut [Run
         reference.name,
         args.text.display()
     );
-    println!("| format | perplexity | identical before first divergence | identical by position | top-1 agreement, fed the reference's tokens |");
+    println!(
+        "| format | perplexity | identical before first divergence | identical by position \
+         | top-1 agreement, fed the reference's tokens |"
+    );
     println!("|---|---:|---:|---:|---:|");
     println!(
         "| {} | {:.3} | (reference) | | |",
