@@ -168,7 +168,8 @@ pub struct ModelConfig {
     pub name: String,
     #[serde(default)]
     pub manifest: Option<PathBuf>,
-    /// Weight dtype override (see the manifest's `default_dtype`).
+    /// Weight dtype override (see the manifest's `default_dtype`: "q8_0", "q4_0", "native"
+    /// for GGUF models).
     #[serde(default)]
     pub dtype: Option<String>,
     /// Live sequences one replica decodes together (its KV slots).

@@ -1,5 +1,7 @@
-//! Micro-benchmark of the Q8_0 int8 kernel against candle's `QMatMul` on SmolLM2-135M's
-//! projection shapes. Prints one markdown table: GMAC/s and weight GB/s per shape and batch.
+//! Micro-benchmark of the Q8_0 and Q4_0 int8 kernels against candle's `QMatMul` on
+//! SmolLM2-135M's projection shapes. Prints one markdown table: GMAC/s and weight GB/s (of
+//! the variant's own format: 34 bytes per 32 weights for Q8_0, 18 for Q4_0) per shape and
+//! batch; "vs candle" is against candle's Q8_0, the first row of each group.
 //!
 //! `cargo run --release --example kernel_bench -- --help`. Threads come from candle's pool
 //! (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the CPUs), as in the server.
@@ -16,11 +18,12 @@ use candle_core::{Device, Module, Tensor};
 use clap::{Parser, ValueEnum};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tiergate::backend::kernels::q4_0::PackedQ4_0;
 use tiergate::backend::kernels::q8_0::{PackedQ8_0, DEFAULT_PREFETCH};
 use tiergate::backend::kernels::Isa;
 
 #[derive(Parser, Debug)]
-#[command(about = "Q8_0 int8 kernel vs candle QMatMul, SmolLM2-135M shapes")]
+#[command(about = "Q8_0 / Q4_0 int8 kernels vs candle QMatMul, SmolLM2-135M shapes")]
 struct Args {
     /// Batch sizes (activation rows).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 8])]
@@ -43,6 +46,62 @@ struct Args {
     /// Also time the plain-Rust kernel (slow; the correctness fallback).
     #[arg(long)]
     portable: bool,
+    /// Weight formats to time, each on candle and on ours; the first is the baseline.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Format::Q8_0, Format::Q4_0])]
+    formats: Vec<Format>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl Format {
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q4_0 => GgmlDType::Q4_0,
+        }
+    }
+}
+
+/// Our kernel for either format.
+enum Ours {
+    Q8_0(PackedQ8_0),
+    Q4_0(PackedQ4_0),
+}
+
+impl Ours {
+    fn pack(format: Format, raw: &[u8], n: usize, k: usize) -> candle_core::Result<Self> {
+        Ok(match format {
+            Format::Q8_0 => Ours::Q8_0(PackedQ8_0::from_q8_0_bytes(raw, n, k)?),
+            Format::Q4_0 => Ours::Q4_0(PackedQ4_0::from_q4_0_bytes(raw, n, k)?),
+        })
+    }
+
+    fn with_prefetch(self, bytes: usize) -> Self {
+        match self {
+            Ours::Q8_0(p) => Ours::Q8_0(p.with_prefetch(bytes)),
+            Ours::Q4_0(p) => Ours::Q4_0(p.with_prefetch(bytes)),
+        }
+    }
+
+    fn portable(self) -> candle_core::Result<Self> {
+        Ok(match self {
+            Ours::Q8_0(p) => Ours::Q8_0(p.with_isa(Isa::Portable)?),
+            Ours::Q4_0(p) => Ours::Q4_0(p.with_isa(Isa::Portable)?),
+        })
+    }
+
+    fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        match self {
+            Ours::Q8_0(p) => p.matmul(x, rows, out),
+            Ours::Q4_0(p) => p.matmul(x, rows, out),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +130,8 @@ type Run<'a> = Box<dyn Fn() + Send + Sync + 'a>;
 struct Variant<'a> {
     name: String,
     run: Run<'a>,
+    /// Weight bytes one call reads.
+    bytes: usize,
     times: Vec<Duration>,
 }
 
@@ -96,40 +157,41 @@ fn cycling<'a, T: Sync>(copies: &'a [T], f: impl Fn(&T) + Send + Sync + 'a) -> R
     Box::new(move || f(&copies[next.fetch_add(1, Ordering::Relaxed) % copies.len()]))
 }
 
-/// The weights of one shape, in as many copies as the mode asks for.
+/// The weights of one shape in one format, in as many copies as the mode asks for.
 struct Copies {
+    format: Format,
     bytes: usize,
     candle: Vec<QMatMul>,
     /// Per prefetch distance of `Args::prefetch`.
-    ours: Vec<Vec<PackedQ8_0>>,
-    portable: Vec<PackedQ8_0>,
+    ours: Vec<Vec<Ours>>,
+    portable: Vec<Ours>,
 }
 
-fn copies(n: usize, k: usize, args: &Args) -> candle_core::Result<Copies> {
+fn copies(w: &Tensor, format: Format, args: &Args) -> candle_core::Result<Copies> {
     let device = Device::Cpu;
-    let w = Tensor::randn(0f32, 1.0, (n, k), &device)?;
-    let raw = QTensor::quantize(&w, GgmlDType::Q8_0)?.data()?.into_owned();
+    let (n, k) = w.dims2()?;
+    let raw = QTensor::quantize(w, format.dtype())?.data()?.into_owned();
     let count = match args.weights {
         Weights::Cold => COLD_BYTES.div_ceil(raw.len()),
         Weights::Hot => 1,
     };
-    let pack = || PackedQ8_0::from_q8_0_bytes(&raw, n, k);
     let mut c = Copies {
+        format,
         bytes: raw.len(),
         candle: Vec::new(),
         ours: args.prefetch.iter().map(|_| Vec::new()).collect(),
         portable: Vec::new(),
     };
     for _ in 0..count {
-        let storage = QStorage::from_data(raw.as_slice().into(), &device, GgmlDType::Q8_0)?;
+        let storage = QStorage::from_data(raw.as_slice().into(), &device, format.dtype())?;
         c.candle
             .push(QMatMul::from_qtensor(QTensor::new(storage, (n, k))?)?);
         for (copies, &distance) in c.ours.iter_mut().zip(&args.prefetch) {
-            copies.push(pack()?.with_prefetch(distance));
+            copies.push(Ours::pack(format, &raw, n, k)?.with_prefetch(distance));
         }
     }
     if args.portable {
-        c.portable.push(pack()?.with_isa(Isa::Portable)?);
+        c.portable.push(Ours::pack(format, &raw, n, k)?.portable()?);
     }
     Ok(c)
 }
@@ -148,56 +210,34 @@ fn main() -> candle_core::Result<()> {
     println!("| shape | batch | variant | µs/call | best µs | GMAC/s | weight GB/s | vs candle |");
     println!("|---|---|---|---|---|---|---|---|");
     for (label, n, k) in SHAPES.into_iter().filter(|s| s.0.contains(&args.only)) {
-        let c = copies(n, k, &args)?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &device)?;
+        let formats: Vec<Copies> = args
+            .formats
+            .iter()
+            .map(|&f| copies(&w, f, &args))
+            .collect::<candle_core::Result<_>>()?;
         for &rows in &args.batch {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &device)?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            let ours = |p: &PackedQ8_0| {
+            let ours = |p: &Ours| {
                 let mut out = vec![0f32; rows * n];
                 p.matmul(&xs, rows, &mut out);
             };
-            let isa = Isa::best();
-            let mut variants = vec![(
-                "candle QMatMul".to_string(),
-                cycling(&c.candle, |m| {
-                    m.forward(&x).expect("candle matmul");
-                }),
-            )];
-            for (copies, distance) in c.ours.iter().zip(&args.prefetch) {
-                let name = format!("ours {isa:?}, prefetch {distance}");
-                variants.push((name, cycling(copies, ours)));
-            }
-            if args.portable {
-                variants.push(("ours Portable".into(), cycling(&c.portable, ours)));
-            }
-            let mut variants: Vec<Variant> = variants
-                .into_iter()
-                .map(|(name, run)| Variant {
-                    name,
-                    run,
-                    times: vec![],
-                })
-                .collect();
-            let min = Duration::from_millis(args.round_ms);
-            device.with_context(|| {
-                for v in &variants {
-                    (v.run)(); // warm-up: page faults, pool wake-up
-                }
-                for _ in 0..args.rounds {
-                    for v in variants.iter_mut() {
-                        let t = time_round(&v.run, min);
-                        v.times.push(t);
-                    }
-                }
-            });
+            let candle = |m: &QMatMul| {
+                m.forward(&x).expect("candle matmul");
+            };
+            let mut variants = variants(&formats, &args, candle, ours);
+            time_interleaved(&mut variants, &args);
             let base = median(&mut variants[0].times).as_secs_f64();
+            // Markdown: the fused shapes' labels (q|k|v) must not split the row.
+            let cell = label.replace('|', "\\|");
             for v in variants.iter_mut() {
                 let t = median(&mut v.times).as_secs_f64();
                 let best = v.times[0].as_secs_f64();
                 let gmac = (rows * n * k) as f64 / t / 1e9;
-                let gbs = c.bytes as f64 / t / 1e9;
+                let gbs = v.bytes as f64 / t / 1e9;
                 println!(
-                    "| {label} | {rows} | {} | {:.1} | {:.1} | {gmac:.1} | {gbs:.1} | {:.2}x |",
+                    "| {cell} | {rows} | {} | {:.1} | {:.1} | {gmac:.1} | {gbs:.1} | {:.2}x |",
                     v.name,
                     t * 1e6,
                     best * 1e6,
@@ -207,4 +247,56 @@ fn main() -> candle_core::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per format: candle, ours at each prefetch distance, and (if asked) our portable kernel.
+fn variants<'a>(
+    formats: &'a [Copies],
+    args: &Args,
+    candle: impl Fn(&QMatMul) + Copy + Send + Sync + 'a,
+    ours: impl Fn(&Ours) + Copy + Send + Sync + 'a,
+) -> Vec<Variant<'a>> {
+    let isa = Isa::best();
+    let mut variants = Vec::new();
+    let mut push = |name: String, run: Run<'a>, bytes: usize| {
+        variants.push(Variant {
+            name,
+            run,
+            bytes,
+            times: vec![],
+        })
+    };
+    for c in formats {
+        let f = c.format.dtype();
+        push(
+            format!("candle QMatMul {f:?}"),
+            cycling(&c.candle, candle),
+            c.bytes,
+        );
+        for (copies, distance) in c.ours.iter().zip(&args.prefetch) {
+            let name = format!("ours {f:?} {isa:?}, prefetch {distance}");
+            push(name, cycling(copies, ours), c.bytes);
+        }
+        if args.portable {
+            let name = format!("ours {f:?} Portable");
+            push(name, cycling(&c.portable, ours), c.bytes);
+        }
+    }
+    variants
+}
+
+/// Round after round, each variant in turn, inside candle's thread pool as the server runs.
+fn time_interleaved(variants: &mut [Variant], args: &Args) {
+    let min = Duration::from_millis(args.round_ms);
+    Device::Cpu.with_context(|| {
+        for v in variants.iter() {
+            (v.run)(); // warm-up: page faults, pool wake-up
+        }
+        for _ in 0..args.rounds {
+            for v in variants.iter_mut() {
+                let t = time_round(&v.run, min);
+                v.times.push(t);
+            }
+        }
+    });
 }

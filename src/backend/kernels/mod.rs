@@ -6,7 +6,10 @@
 //! Which instruction set a kernel uses is decided at run time ([`Isa`]), never at compile
 //! time, so one binary is correct on every x86-64 CPU whatever `target-cpu` it was built for.
 
+mod int8;
 mod isa;
+pub mod q4_0;
 pub mod q8_0;
 
+pub use int8::{QuantizedRows, TILE_ROWS};
 pub use isa::Isa;

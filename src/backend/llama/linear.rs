@@ -1,14 +1,16 @@
 //! Projections of the forward pass, and which matmul runs them.
 //!
-//! On a CPU with VNNI, Q8_0 weights (from the file or converted at load) run on our own int8
-//! kernel (`backend::kernels::q8_0`), which is ~2× candle's on this model's shapes; every
-//! other case (CUDA, dense f32/f16 weights, other quantized formats, CPUs without VNNI) keeps
-//! candle's `QMatMul`, whose AVX2 code beats our portable kernel there.
+//! On a CPU with VNNI, Q8_0 and Q4_0 weights (from the file or converted at load) run on our
+//! own int8 kernels (`backend::kernels::{q8_0, q4_0}`), which are ~2× candle's on this
+//! model's shapes; every other case (CUDA, dense f32/f16 weights, other quantized formats,
+//! CPUs without VNNI) keeps candle's `QMatMul`, whose AVX2 code beats our portable kernels
+//! there.
 //!
 //! Projections that read the same input are loaded as one `Linear` of several parts (q|k|v,
-//! gate|up): the int8 kernel stacks them into one matrix, so the input is quantized once and
+//! gate|up): the int8 kernels stack them into one matrix, so the input is quantized once and
 //! the weights stream in one pass; candle runs the parts one by one, as before.
 
+use crate::backend::kernels::q4_0::PackedQ4_0;
 use crate::backend::kernels::q8_0::PackedQ8_0;
 use crate::backend::kernels::Isa;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -26,29 +28,21 @@ pub(crate) enum Weight {
 pub(crate) enum Linear {
     /// candle's matmul, one per part.
     Candle(Vec<QMatMul>),
-    /// The int8 kernel on the parts stacked along n; `widths` splits its output.
+    /// An int8 kernel on the parts stacked along n; `widths` splits its output.
     Int8 { op: Int8Matmul, widths: Vec<usize> },
 }
 
 impl Linear {
-    /// Groups `parts`; with `int8` set, all-Q8_0 CPU weights go to that int8 kernel.
+    /// Groups `parts`; with `int8` set, CPU weights that are all Q8_0 or all Q4_0 go to that
+    /// int8 kernel.
     pub fn new(parts: Vec<Weight>, int8: Option<Isa>) -> Result<Self> {
-        let q8_0: Option<Vec<&QTensor>> = parts
-            .iter()
-            .map(|p| match p {
-                Weight::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() => {
-                    Some(q.as_ref())
-                }
-                _ => None,
-            })
-            .collect();
-        if let (Some(isa), Some(q8_0)) = (int8, q8_0) {
-            let packed = PackedQ8_0::from_qtensors(&q8_0)?.with_isa(isa)?;
-            let widths = q8_0.iter().map(|q| q.shape().dims()[0]).collect();
-            return Ok(Linear::Int8 {
-                op: Int8Matmul(Arc::new(packed)),
-                widths,
-            });
+        if let Some(isa) = int8 {
+            if let Some((packed, widths)) = Packed::stack(&parts, isa)? {
+                return Ok(Linear::Int8 {
+                    op: Int8Matmul(Arc::new(packed)),
+                    widths,
+                });
+            }
         }
         let matmuls = parts
             .into_iter()
@@ -91,9 +85,65 @@ impl Linear {
     }
 }
 
-/// The int8 kernel as a candle op, so that it reads the activation in place.
+/// Weights packed for one of the int8 kernels.
+#[derive(Debug)]
+enum Packed {
+    Q8_0(PackedQ8_0),
+    Q4_0(PackedQ4_0),
+}
+
+impl Packed {
+    /// The parts stacked for `isa` and their widths, if all are CPU tensors of one format
+    /// that a kernel exists for; `None` leaves them to candle.
+    fn stack(parts: &[Weight], isa: Isa) -> Result<Option<(Self, Vec<usize>)>> {
+        let quantized: Option<Vec<&QTensor>> = parts
+            .iter()
+            .map(|p| match p {
+                Weight::Quantized(q) if q.device().is_cpu() => Some(q.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let Some(qs) = quantized.filter(|qs| !qs.is_empty()) else {
+            return Ok(None);
+        };
+        let dtype = qs[0].dtype();
+        if qs.iter().any(|q| q.dtype() != dtype) {
+            return Ok(None);
+        }
+        let packed = match dtype {
+            GgmlDType::Q8_0 => Packed::Q8_0(PackedQ8_0::from_qtensors(&qs)?.with_isa(isa)?),
+            GgmlDType::Q4_0 => Packed::Q4_0(PackedQ4_0::from_qtensors(&qs)?.with_isa(isa)?),
+            _ => return Ok(None),
+        };
+        let widths = qs.iter().map(|q| q.shape().dims()[0]).collect();
+        Ok(Some((packed, widths)))
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Packed::Q8_0(p) => p.n(),
+            Packed::Q4_0(p) => p.n(),
+        }
+    }
+
+    fn k(&self) -> usize {
+        match self {
+            Packed::Q8_0(p) => p.k(),
+            Packed::Q4_0(p) => p.k(),
+        }
+    }
+
+    fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        match self {
+            Packed::Q8_0(p) => p.matmul(x, rows, out),
+            Packed::Q4_0(p) => p.matmul(x, rows, out),
+        }
+    }
+}
+
+/// An int8 kernel as a candle op, so that it reads the activation in place.
 #[derive(Debug, Clone)]
-pub(crate) struct Int8Matmul(Arc<PackedQ8_0>);
+pub(crate) struct Int8Matmul(Arc<Packed>);
 
 impl Int8Matmul {
     /// `[tokens, k]` in the model's dtype -> `[tokens, n]` in the same dtype (the kernel
@@ -106,7 +156,10 @@ impl Int8Matmul {
 
 impl CustomOp1 for Int8Matmul {
     fn name(&self) -> &'static str {
-        "q8_0-int8-matmul"
+        match self.0.as_ref() {
+            Packed::Q8_0(_) => "q8_0-int8-matmul",
+            Packed::Q4_0(_) => "q4_0-int8-matmul",
+        }
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {

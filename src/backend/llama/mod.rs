@@ -65,8 +65,8 @@ pub struct LlamaModel {
     dtype: DType,
 }
 
-/// The int8 kernel for Q8_0 projections on `device`: the fastest SIMD one this CPU has, or
-/// none (candle's own matmul) on GPUs and on CPUs without VNNI.
+/// The int8 kernel for Q8_0 and Q4_0 projections on `device`: the fastest SIMD one this CPU
+/// has, or none (candle's own matmul) on GPUs and on CPUs without VNNI.
 fn int8_kernel(device: &Device) -> Option<Isa> {
     device.is_cpu().then(Isa::best_simd).flatten()
 }

@@ -1,7 +1,8 @@
-//! The forward pass on each int8 kernel, on a tiny random Q8_0 llama written to a temporary
-//! GGUF file. It runs in a moment on any CPU, so the portable kernel's forward (the only int8
-//! path a CPU without VNNI has) is tested everywhere; its widths hit tile edges (vocab 100,
-//! q|k|v 128, gate|up 192).
+//! The forward pass on each int8 kernel, on a tiny random Q8_0 or Q4_0 llama written to a
+//! temporary GGUF file. It runs in a moment on any CPU, so the portable kernels' forward (the
+//! only int8 path a CPU without VNNI has) is tested everywhere; its widths hit tile edges
+//! (vocab 100, q|k|v 128, gate|up 192). Last, the Q4_0 kernel on the real SmolLM2 model
+//! against candle's Q4_0 matmul.
 
 use super::*;
 use candle_core::quantized::gguf_file::Value;
@@ -17,14 +18,20 @@ const FFN: usize = 96;
 const VOCAB: usize = 100;
 const LAYERS: usize = 2;
 
+/// The projection formats the int8 kernels take.
+const FORMATS: [GgmlDType; 2] = [GgmlDType::Q8_0, GgmlDType::Q4_0];
+
 /// A tiny random llama GGUF in the temp dir, removed on drop.
 struct TinyGguf(PathBuf);
 
 impl TinyGguf {
-    fn new(tag: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("tiergate-tiny-{tag}-{}.gguf", std::process::id()));
-        write_tiny(&path).expect("write tiny GGUF");
+    /// Projections (and embeddings) in `format`.
+    fn new(tag: &str, format: GgmlDType) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "tiergate-tiny-{tag}-{format:?}-{}.gguf",
+            std::process::id()
+        ));
+        write_tiny(&path, format).expect("write tiny GGUF");
         Self(path)
     }
 }
@@ -61,14 +68,14 @@ fn next_salt() -> u64 {
     })
 }
 
-fn q8_0(rows: usize, cols: usize) -> candle_core::Result<QTensor> {
+fn quantized(rows: usize, cols: usize, format: GgmlDType) -> candle_core::Result<QTensor> {
     let std = 1.0 / (cols as f32).sqrt();
     let w = Tensor::from_vec(
         seeded(rows * cols, std, next_salt()),
         (rows, cols),
         &Device::Cpu,
     )?;
-    QTensor::quantize(&w, GgmlDType::Q8_0)
+    QTensor::quantize(&w, format)
 }
 
 fn norm() -> candle_core::Result<QTensor> {
@@ -76,7 +83,8 @@ fn norm() -> candle_core::Result<QTensor> {
     QTensor::quantize(&w, GgmlDType::F32)
 }
 
-fn write_tiny(path: &Path) -> candle_core::Result<()> {
+fn write_tiny(path: &Path, format: GgmlDType) -> candle_core::Result<()> {
+    let q = |rows, cols| quantized(rows, cols, format);
     SALT.with(|s| s.set(0));
     let u32_value = |v: usize| Value::U32(v as u32);
     let metadata = [
@@ -93,22 +101,22 @@ fn write_tiny(path: &Path) -> candle_core::Result<()> {
     ];
     let kv_width = KV_HEADS * HIDDEN / HEADS;
     let mut tensors = vec![
-        ("token_embd.weight".to_string(), q8_0(VOCAB, HIDDEN)?),
-        ("output.weight".to_string(), q8_0(VOCAB, HIDDEN)?),
+        ("token_embd.weight".to_string(), q(VOCAB, HIDDEN)?),
+        ("output.weight".to_string(), q(VOCAB, HIDDEN)?),
         ("output_norm.weight".to_string(), norm()?),
     ];
     for i in 0..LAYERS {
         let p = |name: &str| format!("blk.{i}.{name}.weight");
         tensors.extend([
             (p("attn_norm"), norm()?),
-            (p("attn_q"), q8_0(HIDDEN, HIDDEN)?),
-            (p("attn_k"), q8_0(kv_width, HIDDEN)?),
-            (p("attn_v"), q8_0(kv_width, HIDDEN)?),
-            (p("attn_output"), q8_0(HIDDEN, HIDDEN)?),
+            (p("attn_q"), q(HIDDEN, HIDDEN)?),
+            (p("attn_k"), q(kv_width, HIDDEN)?),
+            (p("attn_v"), q(kv_width, HIDDEN)?),
+            (p("attn_output"), q(HIDDEN, HIDDEN)?),
             (p("ffn_norm"), norm()?),
-            (p("ffn_gate"), q8_0(FFN, HIDDEN)?),
-            (p("ffn_up"), q8_0(FFN, HIDDEN)?),
-            (p("ffn_down"), q8_0(HIDDEN, FFN)?),
+            (p("ffn_gate"), q(FFN, HIDDEN)?),
+            (p("ffn_up"), q(FFN, HIDDEN)?),
+            (p("ffn_down"), q(HIDDEN, FFN)?),
         ]);
     }
     let metadata: Vec<_> = metadata.iter().map(|(k, v)| (*k, v)).collect();
@@ -152,48 +160,152 @@ fn run_two_sequences(model: &mut LlamaModel) -> Vec<Vec<f32>> {
 
 #[test]
 fn portable_kernel_forward_is_bit_identical_to_the_fastest() {
-    let tiny = TinyGguf::new("bits");
-    let portable = run_two_sequences(&mut load(&tiny, Some(Isa::Portable)));
-    let fastest = run_two_sequences(&mut load(&tiny, Some(Isa::best())));
-    for (i, (a, b)) in portable.iter().zip(&fastest).enumerate() {
-        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(
-            same,
-            "logits row {i} differs between Portable and {:?}",
-            Isa::best()
-        );
+    for format in FORMATS {
+        let tiny = TinyGguf::new("bits", format);
+        let portable = run_two_sequences(&mut load(&tiny, Some(Isa::Portable)));
+        let fastest = run_two_sequences(&mut load(&tiny, Some(Isa::best())));
+        for (i, (a, b)) in portable.iter().zip(&fastest).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{format:?} logits row {i} differs between Portable and {:?}",
+                Isa::best()
+            );
+        }
     }
 }
 
 /// candle's quantized_llama on the same file, fed the same tokens. Only the f32 summation
 /// order across blocks differs (see `tests_gguf`); with two blocks per row and two layers no
-/// activation rounding flips (measured max 2.4e-7 over these 6 steps), so we allow 1e-4.
+/// activation rounding flips (measured max 2.4e-7 over these 6 steps, Q8_0 and Q4_0 alike),
+/// so we allow 1e-4.
 #[test]
 fn portable_kernel_forward_follows_candle_quantized_llama() {
-    let tiny = TinyGguf::new("candle");
-    let mut file = std::fs::File::open(&tiny.0).expect("open");
-    let content = gguf_file::Content::read(&mut file).expect("header");
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
-    let mut ours = load(&tiny, Some(Isa::Portable));
-    let prompt = [1u32, 5, 17, 42, 99, 3, 8, 64];
-    let input = Tensor::new(&prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0));
-    let mut want = reference
-        .forward(&input.expect("input"), 0)
-        .expect("forward");
-    let mut got = ours.prefill(0, &prompt).expect("prefill");
-    for step in 0..6 {
-        let want_row: Vec<f32> = want.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
-        let diff = got
-            .iter()
-            .zip(&want_row)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
-        let next = argmax(&want_row);
-        let input = Tensor::new(&[[next]], &Device::Cpu).expect("input");
-        want = reference
-            .forward(&input, prompt.len() + step)
+    for format in FORMATS {
+        let tiny = TinyGguf::new("candle", format);
+        let mut file = std::fs::File::open(&tiny.0).expect("open");
+        let content = gguf_file::Content::read(&mut file).expect("header");
+        let mut reference =
+            ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
+        let mut ours = load(&tiny, Some(Isa::Portable));
+        let prompt = [1u32, 5, 17, 42, 99, 3, 8, 64];
+        let input = Tensor::new(&prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0));
+        let mut want = reference
+            .forward(&input.expect("input"), 0)
             .expect("forward");
-        got = ours.decode(&[(0, next)]).expect("decode").remove(0);
+        let mut got = ours.prefill(0, &prompt).expect("prefill");
+        for step in 0..6 {
+            let want_row: Vec<f32> = want.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
+            let diff = max_diff(&got, &want_row);
+            assert!(
+                diff < 1e-4,
+                "{format:?} step {step}: logits differ by {diff}"
+            );
+            let next = argmax(&want_row);
+            let input = Tensor::new(&[[next]], &Device::Cpu).expect("input");
+            want = reference
+                .forward(&input, prompt.len() + step)
+                .expect("forward");
+            got = ours.decode(&[(0, next)]).expect("decode").remove(0);
+        }
     }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Largest logit minus the runner-up.
+fn top_margin(logits: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::MIN, f32::MIN);
+    for &v in logits {
+        if v > first {
+            (first, second) = (v, first);
+        } else if v > second {
+            second = v;
+        }
+    }
+    first - second
+}
+
+/// Greedy tokens of one sequence and the logits each was picked from.
+fn greedy(model: &mut LlamaModel, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut logits = model.prefill(0, prompt).expect("prefill");
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        tokens.push(argmax(&logits));
+        all.push(logits);
+        logits = model
+            .decode(&[(0, tokens[tokens.len() - 1])])
+            .expect("decode")
+            .remove(0);
+    }
+    model.release(0);
+    (tokens, all)
+}
+
+/// Our logits of every step when `tokens` are fed after `prompt` (teacher forcing).
+fn forced(model: &mut LlamaModel, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut all = vec![model.prefill(0, prompt).expect("prefill")];
+    for &next in &tokens[..tokens.len() - 1] {
+        all.push(model.decode(&[(0, next)]).expect("decode").remove(0));
+    }
+    model.release(0);
+    all
+}
+
+/// The real SmolLM2 file, requantized to Q4_0 at load as manifest `default_dtype = "q4_0"`
+/// does, on our Q4_0 kernel against the same forward on candle's Q4_0 `QMatMul`.
+///
+/// Both see the same integers per block (activations quantized to Q8_0 alike); only the f32
+/// summation across blocks differs, and a last-bit difference flips activation roundings in
+/// later layers (see `tests_gguf::int8_kernel_follows_candle_quantized_llama_on_q8_0_weights`
+/// for the Q8_0 case), so free-running greedy decoding parts at the first near-tie. Ours is
+/// therefore fed candle's greedy tokens; at every step the logits must agree within 2.5
+/// (measured: 0.52–1.76 over the 48 steps, about what the Q8_0 kernel shows) and the argmax
+/// wherever candle's top-two margin is over 1.0 (measured: 25 such steps, all agree; the 6
+/// disagreements had margins 0.019–0.41).
+#[test]
+fn q4_0_kernel_follows_candle_q4_0_matmul_on_smollm2() {
+    let path = crate::backend::gguf_tokenizer::test_model_path();
+    let opts = LlamaOptions {
+        max_slots: 1,
+        max_seq_len: 256,
+        cpu_weight_format: Some(GgmlDType::Q4_0),
+    };
+    let load = |int8| load_gguf_with_kernel(&path, &Device::Cpu, &opts, int8).expect("load");
+    let (mut candle, mut ours) = (load(None), load(Some(Isa::best())));
+    let mut file = std::fs::File::open(&path).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("header");
+    let tok = crate::backend::gguf_tokenizer::tokenizer_from_gguf(&content).expect("tokenizer");
+    let prompts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The three primary colors are",
+        "def fibonacci(n):",
+    ];
+    let mut checked = 0;
+    for (p, text) in prompts.iter().enumerate() {
+        let prompt = tok.encode(*text, false).expect("encode").get_ids().to_vec();
+        let (tokens, want) = greedy(&mut candle, &prompt, 16);
+        let got = forced(&mut ours, &prompt, &tokens);
+        for (step, (got, want)) in got.iter().zip(&want).enumerate() {
+            let diff = max_diff(got, want);
+            assert!(
+                diff < 2.5,
+                "prompt {p} step {step}: logits differ by {diff}"
+            );
+            if top_margin(want) > 1.0 {
+                assert_eq!(argmax(got), argmax(want), "prompt {p} step {step}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} of 48 steps had a clear winner"
+    );
 }

@@ -1,7 +1,8 @@
 //! Weight loading from GGUF files and Hugging Face safetensors directories.
 //!
 //! Every projection is a `Linear` (see `linear`), whichever format it came from: candle's
-//! `QMatMul` for a dense or quantized tensor, or our int8 kernel for Q8_0 on a CPU with VNNI.
+//! `QMatMul` for a dense or quantized tensor, or our int8 kernels for Q8_0 and Q4_0 on a CPU
+//! with VNNI.
 //! Projections of one input are grouped (q|k|v, gate|up) so the int8 kernel can stack them.
 
 use super::config::LlamaConfig;
@@ -52,7 +53,7 @@ pub(crate) struct Placement<'a> {
     pub device: &'a Device,
     /// CPU re-encoding format (`LlamaOptions::cpu_weight_format`); ignored on GPUs.
     pub format: Option<GgmlDType>,
-    /// Int8 kernel for Q8_0 projections; `None` keeps candle's matmul for all of them.
+    /// Int8 kernel for Q8_0 and Q4_0 projections; `None` keeps candle's matmul for all.
     pub int8: Option<Isa>,
 }
 

@@ -23,17 +23,17 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use super::int8::{matmul_tiles, TileKernel, BLOCK, MAX_ROWS};
+pub use super::int8::{QuantizedRows, TILE_ROWS};
 use super::Isa;
 use candle_core::quantized::{GgmlDType, QTensor};
 
-/// Output rows per tile: one 512-bit register of i32/f32 lanes.
-pub const TILE_ROWS: usize = 16;
-/// Weights and activations per Q8_0 block.
-const BLOCK: usize = 32;
 /// `vpdpbusd` consumes 4 bytes of k per lane, so a block is 8 groups.
 const GROUPS: usize = BLOCK / 4;
 /// Bytes of one Q8_0 block in ggml's layout: f16 scale + 32 × i8.
 const Q8_0_BYTES: usize = 2 + BLOCK;
+/// What the weights' `+ 128` adds to a block sum, per unit of the activations' `Σa`.
+const BIAS: i32 = 128;
 /// Default prefetch distance on the weight stream, in bytes. Measured with
 /// `loadtests/kernel_bench --weights cold --prefetch 0,1024,2048,4096,8192,16384` (1 thread,
 /// EPYC with AVX-512, shared machine): against none, 8192 gained 10–20% at batch 1 and
@@ -168,59 +168,8 @@ impl PackedQ8_0 {
     /// As [`Self::matmul`] on activations already quantized (when several matrices share
     /// one input and are not stacked).
     pub fn matmul_quantized(&self, acts: &QuantizedRows, out: &mut [f32]) {
-        assert_eq!(acts.k, self.k, "activation width");
-        assert_eq!(out.len(), acts.rows * self.n, "output size");
-        if acts.rows == 0 {
-            return;
-        }
-        let out = SharedOut(out.as_mut_ptr());
-        // Tiles write disjoint columns of `out`, so threads may take any of them.
-        candle_core::utils::barrier_pool().execute_chunked(self.tiles, |tiles| {
-            let mut res = [[0f32; TILE_ROWS]; 8];
-            for tile in tiles {
-                let mut r0 = 0;
-                while r0 < acts.rows {
-                    let m = self.run_tile(tile, acts, r0, &mut res);
-                    // SAFETY: each tile is handed to exactly one thread, and `store`
-                    // writes only this tile's columns of rows r0..r0 + m.
-                    unsafe { self.store(&out, tile, r0, &res[..m]) };
-                    r0 += m;
-                }
-            }
-        });
-    }
-
-    /// Computes up to 8 rows from `r0` of one tile into `res`; returns how many.
-    fn run_tile(
-        &self,
-        tile: usize,
-        acts: &QuantizedRows,
-        r0: usize,
-        res: &mut [[f32; TILE_ROWS]; 8],
-    ) -> usize {
-        // SAFETY: `isa` is only ever set to a variant this CPU has (`with_isa`, `best`).
-        #[cfg(target_arch = "x86_64")]
-        match self.isa {
-            Isa::Avx512Vnni => return unsafe { x86::tile_avx512(self, tile, acts, r0, res) },
-            Isa::AvxVnni => return unsafe { x86::tile_avx256(self, tile, acts, r0, res) },
-            Isa::Portable => {}
-        }
-        let m = (acts.rows - r0).min(8);
-        portable::tile(self, tile, acts, r0, &mut res[..m]);
-        m
-    }
-
-    /// Writes one tile's results, dropping the padding columns past n.
-    ///
-    /// # Safety
-    /// `out` points to `rows × n` floats, and no other thread writes these columns.
-    unsafe fn store(&self, out: &SharedOut, tile: usize, r0: usize, res: &[[f32; TILE_ROWS]]) {
-        let col = tile * TILE_ROWS;
-        let width = TILE_ROWS.min(self.n - col);
-        for (r, values) in res.iter().enumerate() {
-            let dst = out.0.add((r0 + r) * self.n + col);
-            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
-        }
+        assert_eq!(acts.k(), self.k, "activation width");
+        matmul_tiles(self, acts, out);
     }
 
     /// Packed groups of one tile, `[block][group]`.
@@ -236,74 +185,31 @@ impl PackedQ8_0 {
     }
 }
 
-/// The output pointer, shared by the pool's threads; each writes its own tiles' columns.
-struct SharedOut(*mut f32);
-// SAFETY: see `matmul_quantized`: writes through it never overlap between threads.
-unsafe impl Sync for SharedOut {}
+impl TileKernel for PackedQ8_0 {
+    fn n(&self) -> usize {
+        self.n
+    }
 
-/// Rows of activations quantized to Q8_0 blocks, as ggml's `quantize_row_q8_0` does it
-/// (scale `amax / 127` kept as f16, values rounded half away from zero), so that our sums
-/// see the same integers as candle's own Q8_0 matmul.
-///
-/// Stored block-major (`[block][row]`): the rows that a kernel call shares a weight load
-/// between then lie at fixed offsets from one pointer per block, instead of needing one
-/// register per row.
-#[derive(Debug)]
-pub struct QuantizedRows {
-    rows: usize,
-    k: usize,
-    /// `[block][row][32]`.
-    qs: Vec<i8>,
-    /// `[block][row]` activation scale, f16-rounded.
-    scales: Vec<f32>,
-    /// `[block][row]` `128 · Σ a`, the bias the `w + 128` weights add to each block sum.
-    bias: Vec<i32>,
-}
+    fn tiles(&self) -> usize {
+        self.tiles
+    }
 
-impl QuantizedRows {
-    /// Quantizes `rows` rows of `k` floats (`x.len() == rows * k`, k a multiple of 32).
-    pub fn new(x: &[f32], rows: usize, k: usize) -> Self {
-        assert!(
-            k.is_multiple_of(BLOCK),
-            "k = {k} is not a multiple of {BLOCK}"
-        );
-        assert_eq!(x.len(), rows * k, "input size");
-        let blocks = k / BLOCK;
-        let mut this = Self {
-            rows,
-            k,
-            qs: vec![0; rows * k],
-            scales: vec![0.0; rows * blocks],
-            bias: vec![0; rows * blocks],
-        };
-        for (i, xs) in x.chunks_exact(BLOCK).enumerate() {
-            let (row, b) = (i / blocks, i % blocks);
-            let at = b * rows + row;
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in this.qs[at * BLOCK..][..BLOCK].iter_mut().zip(xs) {
-                *q = (v * inv).round() as i8;
-                sum += i32::from(*q);
-            }
-            this.scales[at] = half::f16::from_f32(d).to_f32();
-            this.bias[at] = 128 * sum;
+    fn run_tile(
+        &self,
+        tile: usize,
+        acts: &QuantizedRows,
+        r0: usize,
+        res: &mut [[f32; TILE_ROWS]; MAX_ROWS],
+    ) -> usize {
+        // SAFETY: `isa` is only ever set to a variant this CPU has (`with_isa`, `best`).
+        #[cfg(target_arch = "x86_64")]
+        match self.isa {
+            Isa::Avx512Vnni => return unsafe { x86::tile_avx512(self, tile, acts, r0, res) },
+            Isa::AvxVnni => return unsafe { x86::tile_avx256(self, tile, acts, r0, res) },
+            Isa::Portable => {}
         }
-        this
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Block `b` of rows `r0..r0 + m`: values (`m × 32`), scales and biases (`m` each).
-    fn block(&self, b: usize, r0: usize, m: usize) -> (&[i8], &[f32], &[i32]) {
-        let at = b * self.rows + r0;
-        (
-            &self.qs[at * BLOCK..][..m * BLOCK],
-            &self.scales[at..][..m],
-            &self.bias[at..][..m],
-        )
+        let m = (acts.rows() - r0).min(MAX_ROWS);
+        portable::tile(self, tile, acts, r0, &mut res[..m]);
+        m
     }
 }

@@ -2,7 +2,7 @@
 //! SIMD kernels must reproduce bit for bit (same exact integer sums, same f32 operations in
 //! the same order).
 
-use super::{PackedQ8_0, QuantizedRows, GROUPS, TILE_ROWS};
+use super::{PackedQ8_0, QuantizedRows, BIAS, GROUPS, TILE_ROWS};
 
 /// Rows `r0..r0 + res.len()` of one tile.
 pub(super) fn tile(
@@ -17,7 +17,7 @@ pub(super) fn tile(
     for (r, out) in res.iter_mut().enumerate() {
         let mut acc = [0f32; TILE_ROWS];
         for b in 0..w.blocks {
-            let (a, a_scale, a_bias) = acts.block(b, r0 + r, 1);
+            let (a, a_scale, a_sum) = acts.block(b, r0 + r, 1);
             let mut isum = [0i32; TILE_ROWS];
             for (g, group) in groups[b * GROUPS..][..GROUPS].iter().enumerate() {
                 let a4 = &a[g * 4..][..4];
@@ -33,7 +33,7 @@ pub(super) fn tile(
             let w_scales = &scales[b * TILE_ROWS..][..TILE_ROWS];
             for ((acc, sum), ws) in acc.iter_mut().zip(isum).zip(w_scales) {
                 let scale = half::f16::from_bits(*ws).to_f32() * a_scale[0];
-                *acc = ((sum - a_bias[0]) as f32).mul_add(scale, *acc);
+                *acc = ((sum - BIAS * a_sum[0]) as f32).mul_add(scale, *acc);
             }
         }
         *out = acc;

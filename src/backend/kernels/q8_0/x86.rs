@@ -6,38 +6,9 @@
 //! `Isa::is_available` for the kernel's variant: these functions are compiled for those
 //! features and would fault (SIGILL) without them.
 
-use super::{PackedQ8_0, QuantizedRows, BLOCK, GROUPS, TILE_ROWS};
+use super::super::int8::{dispatch_rows, four};
+use super::{PackedQ8_0, QuantizedRows, BIAS, BLOCK, GROUPS, MAX_ROWS, TILE_ROWS};
 use std::arch::x86_64::*;
-
-/// Picks the row count (a const generic, so accumulators stay in registers) for up to
-/// `$max` rows from `r0`, and how many independent partial sums each row keeps: a block's 8
-/// vpdpbusd into one sum form a chain as long as their latency, so few rows split the chain
-/// to keep the unit busy, while many rows interleave their chains anyway and need the
-/// registers. Returns how many rows were done.
-macro_rules! dispatch_rows {
-    ($kernel:ident, $max:literal, $w:ident, $tile:ident, $acts:ident, $r0:ident, $res:ident) => {{
-        let m = ($acts.rows() - $r0).min($max);
-        let res = &mut $res[..m];
-        match m {
-            1 => $kernel::<1, 4>($w, $tile, $acts, $r0, res.try_into().expect("1 row")),
-            2 => $kernel::<2, 4>($w, $tile, $acts, $r0, res.try_into().expect("2 rows")),
-            3 => $kernel::<3, 2>($w, $tile, $acts, $r0, res.try_into().expect("3 rows")),
-            4 => $kernel::<4, 2>($w, $tile, $acts, $r0, res.try_into().expect("4 rows")),
-            5 => $kernel::<5, 1>($w, $tile, $acts, $r0, res.try_into().expect("5 rows")),
-            6 => $kernel::<6, 1>($w, $tile, $acts, $r0, res.try_into().expect("6 rows")),
-            7 => $kernel::<7, 1>($w, $tile, $acts, $r0, res.try_into().expect("7 rows")),
-            _ => $kernel::<8, 1>($w, $tile, $acts, $r0, res.try_into().expect("8 rows")),
-        }
-        m
-    }};
-}
-
-/// Four activation bytes from `at`, as the i32 that `vpdpbusd` broadcasts.
-#[inline(always)]
-fn four(a: &[i8], at: usize) -> i32 {
-    let bytes: [i8; 4] = a[at..at + 4].try_into().expect("four bytes");
-    i32::from_le_bytes(bytes.map(|v| v as u8))
-}
 
 /// Up to 8 rows of one tile with AVX-512 VNNI.
 ///
@@ -49,7 +20,7 @@ pub(super) unsafe fn tile_avx512(
     tile: usize,
     acts: &QuantizedRows,
     r0: usize,
-    res: &mut [[f32; TILE_ROWS]; 8],
+    res: &mut [[f32; TILE_ROWS]; MAX_ROWS],
 ) -> usize {
     dispatch_rows!(rows_avx512, 8, w, tile, acts, r0, res)
 }
@@ -66,7 +37,7 @@ fn rows_avx512<const M: usize, const C: usize>(
     let scales = w.tile_scales(tile);
     let mut acc = [_mm512_setzero_ps(); M];
     for b in 0..w.blocks {
-        let (a, a_scales, a_bias) = acts.block(b, r0, M);
+        let (a, a_scales, a_sums) = acts.block(b, r0, M);
         // C partial sums per row (see `dispatch_rows`); integer sums are exact, so how
         // they are split does not change the result.
         let mut sums = [[_mm512_setzero_si512(); C]; M];
@@ -91,7 +62,7 @@ fn rows_avx512<const M: usize, const C: usize>(
             let sum = sums[r][1..]
                 .iter()
                 .fold(sums[r][0], |s, t| _mm512_add_epi32(s, *t));
-            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(a_bias[r]));
+            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(BIAS * a_sums[r]));
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a_scales[r]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[r]);
         }
@@ -112,7 +83,7 @@ pub(super) unsafe fn tile_avx256(
     tile: usize,
     acts: &QuantizedRows,
     r0: usize,
-    res: &mut [[f32; TILE_ROWS]; 8],
+    res: &mut [[f32; TILE_ROWS]; MAX_ROWS],
 ) -> usize {
     // 16 ymm registers: 4 rows × (2 sums + 2 accumulators) is already more than half.
     dispatch_rows!(rows_avx256, 4, w, tile, acts, r0, res)
@@ -132,7 +103,7 @@ fn rows_avx256<const M: usize, const _C: usize>(
     let scales = w.tile_scales(tile);
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
     for b in 0..w.blocks {
-        let (a, a_scales, a_bias) = acts.block(b, r0, M);
+        let (a, a_scales, a_sums) = acts.block(b, r0, M);
         let mut sums = [[_mm256_setzero_si256(); 2]; M];
         let q = groups[b * GROUPS..][..GROUPS].as_ptr().cast::<u8>();
         for g in 0..GROUPS {
@@ -159,7 +130,7 @@ fn rows_avx256<const M: usize, const _C: usize>(
             ]
         };
         for r in 0..M {
-            let bias = _mm256_set1_epi32(a_bias[r]);
+            let bias = _mm256_set1_epi32(BIAS * a_sums[r]);
             let da = _mm256_set1_ps(a_scales[r]);
             for half in 0..2 {
                 let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums[r][half], bias));
