@@ -125,3 +125,16 @@ impl CustomOp1 for Int8Matmul {
         Ok((CpuStorage::F32(out), Shape::from((rows, self.0.n()))))
     }
 }
+
+/// Direct access for the plain-Rust CPU forward (`cpu`), which calls the kernel on slices
+/// instead of through candle tensors. A block of its own, apart from the forms above.
+impl Linear {
+    /// The int8 kernel's stacked weights and the width of each part (its columns of the
+    /// kernel's output, in load order), when this projection runs on that kernel.
+    pub fn int8_parts(&self) -> Option<(&Arc<PackedQ8_0>, &[usize])> {
+        match self {
+            Linear::Int8 { op, widths } => Some((&op.0, widths)),
+            _ => None,
+        }
+    }
+}

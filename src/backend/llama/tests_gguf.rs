@@ -376,7 +376,7 @@ fn slot_errors_are_errors_not_panics() {
     }
     assert!(model.decode(&[(0, 40), (1, 40)]).is_err(), "full slot");
     // Failed calls left the other slot untouched and usable.
-    assert_eq!(model.slots[1].len(), 0);
+    assert_eq!(model.slot_len(1), Some(0));
     model.decode(&[(1, 40)]).expect("slot 1 still works");
     model.release(7);
 }
