@@ -230,9 +230,8 @@ impl LlamaModel {
     }
 
     /// Switches to the candle-op forward even where the plain one applies, with empty slots
-    /// (tests compare the two).
-    #[cfg(test)]
-    fn with_candle_forward(mut self) -> Self {
+    /// (tests and `loadtests/forward_bench` compare the two). Call it before any prefill.
+    pub fn with_candle_forward(mut self) -> Self {
         self.cpu = None;
         self.slots = (0..self.spec.max_slots)
             .map(|_| SlotKv::default())
