@@ -134,12 +134,14 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
         scratch.scores.resize(groups * len, 0.0);
         for (j, k) in keys.chunks_exact(hd).take(len).enumerate() {
             for g in 0..groups {
-                scratch.scores[g * len + j] = dot(q_head(g), k) / sqrt_hd;
+                scratch.scores[g * len + j] = dot(q_head(g), k);
             }
         }
         scratch.sums.clear();
         let rows = scratch.scores.chunks_exact_mut(len);
-        scratch.sums.extend(rows.map(softmax_unnormalised));
+        scratch
+            .sums
+            .extend(rows.map(|s| softmax_unnormalised(s, sqrt_hd)));
         scratch.acc.clear();
         scratch.acc.resize(groups * hd, 0.0);
         for (j, v) in values.chunks_exact(hd).take(len).enumerate() {
@@ -159,9 +161,14 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
     }
 }
 
-/// Replaces `s` by `exp(s - max s)` and returns the sum: softmax without the division,
-/// which is applied once to the weighted sum of values instead of to every score.
-fn softmax_unnormalised(s: &mut [f32]) -> f32 {
+/// Replaces raw dot products `s` by `exp(s / scale - max)` and returns their sum: softmax
+/// without the division, which is applied once to the weighted sum of values instead of
+/// to every score. The scaling is its own pass so that it vectorises.
+#[inline(always)]
+fn softmax_unnormalised(s: &mut [f32], scale: f32) -> f32 {
+    for x in s.iter_mut() {
+        *x /= scale;
+    }
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in s.iter_mut() {

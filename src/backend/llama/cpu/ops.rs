@@ -78,7 +78,7 @@ impl RopeTables {
 
 /// Dot product of two equal-length vectors with eight running sums, so that it vectorises;
 /// the order depends only on the length.
-#[inline]
+#[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -89,8 +89,9 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in a8.zip(b8) {
-        // A separate multiply and add: `mul_add` without FMA enabled at compile time is a
-        // libm call.
+        // Fixed-size chunks, so the eight lanes become one vector operation. A separate
+        // multiply and add: `mul_add` without FMA enabled at compile time is a libm call.
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap(), y.try_into().unwrap());
         for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
             *s += x * y;
         }
