@@ -10,6 +10,11 @@
 //!
 //! Weights come from GGUF (llama.cpp layout, interleaved RoPE) or from a Hugging Face
 //! safetensors directory (non-interleaved RoPE); see `weights` and `config`.
+//!
+//! Two forwards implement that step: `forward`, on candle ops, for every device and weight
+//! format; and `cpu`, in plain Rust on slices, chosen at load when the model is on the CPU
+//! in f32 with every projection on our int8 kernel (there candle's per-op overhead rivals
+//! the matmuls). Each owns its KV slots; `slot_len`, `run` and `release` dispatch.
 
 mod attention;
 mod config;
