@@ -36,6 +36,15 @@ impl Rope {
         })
     }
 
+    /// The whole cos and sin tables as f32, `[max_positions, head_dim / 2]` row-major, with
+    /// `head_dim / 2` and whether pairs are interleaved (for the plain-Rust forward, which
+    /// rotates slices).
+    pub fn tables_f32(&self) -> Result<(Vec<f32>, Vec<f32>, usize, bool)> {
+        let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        let half = self.cos.dim(1)?;
+        Ok((flat(&self.cos)?, flat(&self.sin)?, half, self.interleaved))
+    }
+
     /// cos/sin rows for each token's position, shaped `[tokens, 1, head_dim / 2]` so that each
     /// token is its own "batch" entry for candle's rope kernels.
     pub fn tables_at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {

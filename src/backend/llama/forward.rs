@@ -30,14 +30,14 @@ struct StepInputs<'s, 'a> {
 }
 
 impl LlamaModel {
-    /// Runs one step. The caller has validated the segments (slots exist, distinct, room
-    /// left). Returns `[segments, vocab]` f32 logits of each segment's last token when
+    /// Runs one step on candle ops. The caller has validated the segments (slots exist,
+    /// distinct, room left). Returns the f32 logits of each segment's last token when
     /// `want_logits` (a non-final prefill chunk needs none).
-    pub(super) fn run(
+    pub(super) fn run_candle(
         &mut self,
         segments: &[Segment<'_>],
         want_logits: bool,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<Vec<Vec<f32>>>> {
         for seg in segments {
             self.slots[seg.slot].reserve(seg.start + seg.tokens.len(), &self.kv_layout)?;
         }
@@ -51,7 +51,7 @@ impl LlamaModel {
         for seg in segments {
             self.slots[seg.slot].commit(seg.tokens.len());
         }
-        Ok(logits)
+        Ok(logits.map(|l| l.to_vec2::<f32>()).transpose()?)
     }
 
     fn forward(

@@ -24,6 +24,20 @@ const KV_BLOCK: usize = 64;
 /// sequence, so one long request does not pin its peak memory in an idle slot forever.
 const RETAIN_POSITIONS: usize = 1024;
 
+/// Capacity after growing from `capacity` to hold `needed` positions: at least double, in
+/// whole `KV_BLOCK`s, capped at `max_seq_len`. Shared with the plain-Rust CPU store
+/// (`cpu::kv`) so both grow and waste memory alike.
+pub(crate) fn grown_capacity(capacity: usize, needed: usize, max_seq_len: usize) -> usize {
+    let grown = needed.max(capacity * 2).max(KV_BLOCK);
+    let new_cap = grown.div_ceil(KV_BLOCK) * KV_BLOCK;
+    new_cap.min(max_seq_len).max(needed)
+}
+
+/// Whether a buffer of `capacity` positions is kept for the next sequence on release.
+pub(crate) fn retained_on_reset(capacity: usize) -> bool {
+    capacity <= RETAIN_POSITIONS
+}
+
 /// Dimensions shared by every slot of a model.
 #[derive(Debug, Clone)]
 pub(crate) struct KvLayout {
@@ -55,9 +69,7 @@ impl SlotKv {
         if needed <= self.capacity {
             return Ok(());
         }
-        let grown = needed.max(self.capacity * 2).max(KV_BLOCK);
-        let new_cap = grown.div_ceil(KV_BLOCK) * KV_BLOCK;
-        let new_cap = new_cap.min(layout.max_seq_len).max(needed);
+        let new_cap = grown_capacity(self.capacity, needed, layout.max_seq_len);
         let shape = (layout.n_kv_heads, new_cap, layout.head_dim);
         let mut layers = Vec::with_capacity(layout.n_layers);
         for layer in 0..layout.n_layers {
@@ -106,7 +118,7 @@ impl SlotKv {
     /// Forgets the sequence; keeps modest buffers for reuse.
     pub fn reset(&mut self) {
         self.len = 0;
-        if self.capacity > RETAIN_POSITIONS {
+        if !retained_on_reset(self.capacity) {
             self.layers.clear();
             self.capacity = 0;
         }

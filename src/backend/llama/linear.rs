@@ -87,7 +87,7 @@ impl Linear {
 
 /// Weights packed for one of the int8 kernels.
 #[derive(Debug)]
-enum Packed {
+pub(crate) enum Packed {
     Q8_0(PackedQ8_0),
     Q4_0(PackedQ4_0),
 }
@@ -119,21 +119,22 @@ impl Packed {
         Ok(Some((packed, widths)))
     }
 
-    fn n(&self) -> usize {
+    pub fn n(&self) -> usize {
         match self {
             Packed::Q8_0(p) => p.n(),
             Packed::Q4_0(p) => p.n(),
         }
     }
 
-    fn k(&self) -> usize {
+    pub fn k(&self) -> usize {
         match self {
             Packed::Q8_0(p) => p.k(),
             Packed::Q4_0(p) => p.k(),
         }
     }
 
-    fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// `out[r][..n] = x[r] · Wᵀ` for `rows` rows of `x` (`rows × k`), on slices.
+    pub fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         match self {
             Packed::Q8_0(p) => p.matmul(x, rows, out),
             Packed::Q4_0(p) => p.matmul(x, rows, out),
@@ -176,5 +177,18 @@ impl CustomOp1 for Int8Matmul {
         let mut out = vec![0f32; rows * self.0.n()];
         self.0.matmul(&data[start..end], rows, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, self.0.n()))))
+    }
+}
+
+/// Direct access for the plain-Rust CPU forward (`cpu`), which calls the kernel on slices
+/// instead of through candle tensors. A block of its own, apart from the forms above.
+impl Linear {
+    /// The int8 kernel's stacked weights and the width of each part (its columns of the
+    /// kernel's output, in load order), when this projection runs on that kernel.
+    pub fn int8_parts(&self) -> Option<(&Arc<Packed>, &[usize])> {
+        match self {
+            Linear::Int8 { op, widths } => Some((&op.0, widths)),
+            _ => None,
+        }
     }
 }

@@ -10,9 +10,15 @@
 //!
 //! Weights come from GGUF (llama.cpp layout, interleaved RoPE) or from a Hugging Face
 //! safetensors directory (non-interleaved RoPE); see `weights` and `config`.
+//!
+//! Two forwards implement that step: `forward`, on candle ops, for every device and weight
+//! format; and `cpu`, in plain Rust on slices, chosen at load when the model is on the CPU
+//! in f32 with every projection on our int8 kernel (there candle's per-op overhead rivals
+//! the matmuls). Each owns its KV slots; `slot_len`, `run` and `release` dispatch.
 
 mod attention;
 mod config;
+mod cpu;
 mod forward;
 mod kv;
 mod linear;
@@ -31,6 +37,7 @@ use attention::Rope;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device};
 use config::LlamaConfig;
+use cpu::CpuForward;
 use forward::Segment;
 use kv::{KvLayout, SlotKv};
 use std::path::Path;
@@ -60,7 +67,11 @@ pub struct LlamaModel {
     weights: Weights,
     rope: Rope,
     kv_layout: KvLayout,
+    /// KV of the candle-op forward; empty when `cpu` runs the model (it has its own slots).
     slots: Vec<SlotKv>,
+    /// The plain-Rust forward, when the model is on the CPU in f32 with every projection on
+    /// the int8 kernel; `None` runs the candle-op forward (`forward`).
+    cpu: Option<CpuForward>,
     device: Device,
     dtype: DType,
 }
@@ -153,6 +164,14 @@ impl LlamaModel {
             dtype,
             device: device.clone(),
         };
+        let cpu = CpuForward::new(
+            &cfg,
+            &weights,
+            &rope,
+            (device, dtype),
+            (opts.max_slots, max_seq_len),
+        )?;
+        let candle_slots = if cpu.is_some() { 0 } else { opts.max_slots };
         Ok(Self {
             spec: GeneratorSpec {
                 vocab_size: cfg.vocab_size,
@@ -163,7 +182,8 @@ impl LlamaModel {
             weights,
             rope,
             kv_layout,
-            slots: (0..opts.max_slots).map(|_| SlotKv::default()).collect(),
+            slots: (0..candle_slots).map(|_| SlotKv::default()).collect(),
+            cpu,
             device: device.clone(),
             dtype,
         })
@@ -173,13 +193,13 @@ impl LlamaModel {
     /// vocabulary (an out-of-range id would fail deep inside the embedding lookup).
     fn check_append(&self, slot: usize, tokens: &[u32]) -> Result<()> {
         let slot_err = |reason: String| Err(BackendError::Slot { slot, reason });
-        let Some(kv) = self.slots.get(slot) else {
-            return slot_err(format!("no such slot (have {})", self.slots.len()));
+        let Some(len) = self.slot_len(slot) else {
+            return slot_err(format!("no such slot (have {})", self.spec.max_slots));
         };
         if tokens.is_empty() {
             return slot_err("no tokens to append".into());
         }
-        let needed = kv.len() + tokens.len();
+        let needed = len + tokens.len();
         if needed > self.spec.max_seq_len {
             return slot_err(format!(
                 "{} tokens would exceed max_seq_len {}",
@@ -190,6 +210,38 @@ impl LlamaModel {
             return slot_err(format!("token id {bad} is outside the vocabulary"));
         }
         Ok(())
+    }
+}
+
+impl LlamaModel {
+    /// Positions stored in `slot`, whichever forward owns the slots; `None` if no such slot.
+    fn slot_len(&self, slot: usize) -> Option<usize> {
+        match &self.cpu {
+            Some(cpu) => cpu.slots().get(slot).map(|kv| kv.len()),
+            None => self.slots.get(slot).map(SlotKv::len),
+        }
+    }
+
+    /// Runs one validated step on the model's forward (see `cpu` and `forward`).
+    fn run(
+        &mut self,
+        segments: &[Segment<'_>],
+        want_logits: bool,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        match &mut self.cpu {
+            Some(cpu) => Ok(cpu.run(segments, want_logits)?),
+            None => self.run_candle(segments, want_logits),
+        }
+    }
+
+    /// Switches to the candle-op forward even where the plain one applies, with empty slots
+    /// (tests and `loadtests/forward_bench` compare the two). Call it before any prefill.
+    pub fn with_candle_forward(mut self) -> Self {
+        self.cpu = None;
+        self.slots = (0..self.spec.max_slots)
+            .map(|_| SlotKv::default())
+            .collect();
+        self
     }
 }
 
@@ -204,7 +256,7 @@ impl Generator for LlamaModel {
         let chunks = tokens.chunks(PREFILL_CHUNK);
         let n_chunks = chunks.len();
         for (i, chunk) in chunks.enumerate() {
-            let start = self.slots[slot].len();
+            let start = self.slot_len(slot).unwrap_or_default();
             let segment = Segment {
                 slot,
                 tokens: chunk,
@@ -212,11 +264,11 @@ impl Generator for LlamaModel {
             };
             logits = self.run(&[segment], i + 1 == n_chunks)?;
         }
-        let logits = logits.ok_or_else(|| BackendError::Slot {
+        let mut logits = logits.ok_or_else(|| BackendError::Slot {
             slot,
             reason: "prefill produced no logits".into(),
         })?;
-        Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+        Ok(logits.swap_remove(0))
     }
 
     fn decode(&mut self, batch: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
@@ -237,22 +289,23 @@ impl Generator for LlamaModel {
             .map(|(slot, token)| Segment {
                 slot: *slot,
                 tokens: std::slice::from_ref(token),
-                start: self.slots[*slot].len(),
+                start: self.slot_len(*slot).unwrap_or_default(),
             })
             .collect();
-        let logits = self
-            .run(&segments, true)?
+        self.run(&segments, true)?
             .ok_or_else(|| BackendError::Slot {
                 slot: batch[0].0,
                 reason: "decode produced no logits".into(),
-            })?;
-        Ok(logits.to_vec2::<f32>()?)
+            })
     }
 
     fn release(&mut self, slot: usize) {
-        match self.slots.get_mut(slot) {
-            Some(kv) => kv.reset(),
-            None => tracing::warn!(slot, "release of a slot that does not exist"),
+        let released = match &mut self.cpu {
+            Some(cpu) => cpu.release(slot),
+            None => self.slots.get_mut(slot).map(SlotKv::reset).is_some(),
+        };
+        if !released {
+            tracing::warn!(slot, "release of a slot that does not exist");
         }
     }
 }

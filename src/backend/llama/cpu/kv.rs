@@ -1,0 +1,201 @@
+//! Per-sequence KV storage of the plain-Rust forward: the same slots as `llama::kv`, in
+//! plain `Vec<f32>` buffers instead of candle tensors.
+//!
+//! Layout, growth and release follow `kv::SlotKv` (shared policy in `kv::grown_capacity`
+//! and `kv::retained_on_reset`): per layer one key and one value buffer
+//! `[kv_heads, capacity, head_dim]`, heads-first so that one KV head's rows are contiguous
+//! for all query heads of its group; capacity grows by doubling; positions past `len` are
+//! scratch until `commit`, so a failed step leaves the sequence as it was.
+
+use crate::backend::llama::kv::{grown_capacity, retained_on_reset};
+
+/// Dimensions shared by every slot of a model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvDims {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_seq_len: usize,
+}
+
+/// One layer's keys and values, `[kv_heads, capacity, head_dim]` each.
+#[derive(Debug, Default)]
+struct LayerKv {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// One sequence's keys and values for every layer.
+#[derive(Debug, Default)]
+pub(crate) struct CpuSlotKv {
+    len: usize,
+    capacity: usize,
+    /// Set by the first reserve (a default slot has no buffers).
+    head_dim: usize,
+    layers: Vec<LayerKv>,
+}
+
+impl CpuSlotKv {
+    /// Positions already stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Positions the buffers hold before the next growth.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Makes room for `needed` positions (callers check `needed <= max_seq_len`), keeping
+    /// the stored ones.
+    pub fn reserve(&mut self, needed: usize, dims: &KvDims) {
+        if needed <= self.capacity {
+            return;
+        }
+        let new_cap = grown_capacity(self.capacity, needed, dims.max_seq_len);
+        let size = dims.n_kv_heads * new_cap * dims.head_dim;
+        let (old_cap, len, hd) = (self.capacity, self.len, dims.head_dim);
+        let grow = |old: &[f32]| {
+            let mut new = vec![0f32; size];
+            // The head stride changes with the capacity: copy each head's stored rows.
+            for head in 0..dims.n_kv_heads {
+                let rows = len * hd;
+                new[head * new_cap * hd..][..rows]
+                    .copy_from_slice(&old[head * old_cap * hd..][..rows]);
+            }
+            new
+        };
+        self.layers = (0..dims.n_layers)
+            .map(|layer| match self.layers.get(layer) {
+                Some(old) if len > 0 => LayerKv {
+                    keys: grow(&old.keys),
+                    values: grow(&old.values),
+                },
+                _ => LayerKv {
+                    keys: vec![0f32; size],
+                    values: vec![0f32; size],
+                },
+            })
+            .collect();
+        self.capacity = new_cap;
+        self.head_dim = dims.head_dim;
+    }
+
+    /// Writes one token's keys and values (`[kv_heads * head_dim]` each, heads side by side
+    /// as the projection produces them) at position `pos` of `layer`.
+    pub fn write(&mut self, layer: usize, pos: usize, keys: &[f32], values: &[f32]) {
+        assert!(
+            pos < self.capacity,
+            "KV write at {pos} past capacity {}",
+            self.capacity
+        );
+        let (cap, hd) = (self.capacity, self.head_dim);
+        let kv = &mut self.layers[layer];
+        let rows = keys.chunks_exact(hd).zip(values.chunks_exact(hd));
+        for (head, (k, v)) in rows.enumerate() {
+            let at = (head * cap + pos) * hd;
+            kv.keys[at..at + hd].copy_from_slice(k);
+            kv.values[at..at + hd].copy_from_slice(v);
+        }
+    }
+
+    /// Keys and values of one KV head of `layer`, `[len, head_dim]` each: the first `len`
+    /// positions (stored ones plus any written by the running step).
+    pub fn head(&self, layer: usize, head: usize, len: usize) -> (&[f32], &[f32]) {
+        assert!(
+            len <= self.capacity,
+            "KV read of {len} past capacity {}",
+            self.capacity
+        );
+        let kv = &self.layers[layer];
+        let at = head * self.capacity * self.head_dim;
+        let n = len * self.head_dim;
+        (&kv.keys[at..at + n], &kv.values[at..at + n])
+    }
+
+    /// Marks `t` more positions as stored, once every layer has written them.
+    pub fn commit(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Forgets the sequence; keeps modest buffers for reuse.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        if !retained_on_reset(self.capacity) {
+            self.layers.clear();
+            self.capacity = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIMS: KvDims = KvDims {
+        n_layers: 2,
+        n_kv_heads: 2,
+        head_dim: 4,
+        max_seq_len: 300,
+    };
+
+    /// Keys of token `pos` in `layer`: distinct values that say where they belong.
+    fn row(layer: usize, pos: usize) -> Vec<f32> {
+        (0..8)
+            .map(|i| (layer * 10_000 + pos * 10 + i) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn growth_doubles_in_blocks_keeps_stored_rows_and_caps_at_max_seq_len() {
+        let mut slot = CpuSlotKv::default();
+        slot.reserve(3, &DIMS);
+        assert_eq!(slot.capacity(), 64);
+        for pos in 0..3 {
+            for layer in 0..2 {
+                let k = row(layer, pos);
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                slot.write(layer, pos, &k, &v);
+            }
+        }
+        slot.commit(3);
+        for (needed, cap) in [(65, 128), (250, 256), (290, 300)] {
+            slot.reserve(needed, &DIMS);
+            assert_eq!(slot.capacity(), cap, "reserve({needed})");
+        }
+        for layer in 0..2 {
+            for head in 0..2 {
+                let (k, v) = slot.head(layer, head, 3);
+                for pos in 0..3 {
+                    let want = &row(layer, pos)[head * 4..][..4];
+                    assert_eq!(
+                        &k[pos * 4..][..4],
+                        want,
+                        "layer {layer} head {head} pos {pos}"
+                    );
+                    let neg: Vec<f32> = want.iter().map(|x| -x).collect();
+                    assert_eq!(&v[pos * 4..][..4], neg.as_slice());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uncommitted_writes_are_scratch_and_reset_frees_only_large_buffers() {
+        let dims = KvDims {
+            max_seq_len: 4096,
+            ..DIMS
+        };
+        let mut slot = CpuSlotKv::default();
+        slot.reserve(10, &dims);
+        slot.write(0, 0, &row(0, 0), &row(0, 0));
+        assert_eq!(slot.len(), 0, "a write is not stored until commit");
+        slot.commit(10);
+        slot.reset();
+        assert_eq!((slot.len(), slot.capacity()), (0, 64));
+        slot.reserve(2000, &dims);
+        slot.reset();
+        assert_eq!((slot.len(), slot.capacity()), (0, 0));
+    }
+}

@@ -1,0 +1,182 @@
+//! Row-wise operations of the plain-Rust forward, on `[rows, width]` row-major slices.
+//!
+//! Every function computes each row from that row alone, in an order that depends only on
+//! the width: a row's result is bit-identical whatever other rows share the step, which is
+//! what makes batched decode and chunked prefill reproduce a sequence run alone.
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`. Same arithmetic as candle's
+/// CPU `rms_norm` (sequential sum of squares, then `x / rms * weight`), so the two forwards
+/// start each layer from the same values.
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    assert_eq!(x.len(), out.len(), "rms_norm sizes");
+    for (src, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let sum2: f32 = src.iter().map(|v| v * v).sum();
+        let rms = (sum2 / width as f32 + eps).sqrt();
+        for ((d, s), w) in dst.iter_mut().zip(src).zip(weight) {
+            *d = *s / rms * *w;
+        }
+    }
+}
+
+/// `x += y`, element-wise (the residual connections).
+pub(super) fn add_assign(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "residual sizes");
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}
+
+/// SwiGLU's `silu(gate) * up` for each row of `gate_up` (`[rows, 2 * ffn]`, gate columns
+/// first, as the fused projection lays them out) into `out` (`[rows, ffn]`).
+pub(super) fn silu_mul(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    assert_eq!(gate_up.len(), 2 * out.len(), "silu_mul sizes");
+    for (src, dst) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
+        let (gate, up) = src.split_at(ffn);
+        for ((d, g), u) in dst.iter_mut().zip(gate).zip(up) {
+            *d = *g / (1.0 + (-*g).exp()) * *u;
+        }
+    }
+}
+
+/// Precomputed RoPE rotations, `[positions, head_dim / 2]` cos and sin.
+#[derive(Debug, Clone)]
+pub(super) struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    /// `head_dim / 2`.
+    pub half: usize,
+    /// Pairs (2i, 2i + 1) when true (GGUF files), (i, i + head_dim / 2) otherwise (HF).
+    pub interleaved: bool,
+}
+
+impl RopeTables {
+    /// Rotates every `2 * half`-wide head of `row` (one token's q or k heads, side by side)
+    /// to position `pos`.
+    pub fn rotate(&self, row: &mut [f32], pos: usize) {
+        let half = self.half;
+        let cos = &self.cos[pos * half..][..half];
+        let sin = &self.sin[pos * half..][..half];
+        for head in row.chunks_exact_mut(2 * half) {
+            if self.interleaved {
+                for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos[i] - x1 * sin[i];
+                    pair[1] = x0 * sin[i] + x1 * cos[i];
+                }
+            } else {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (lo[i], hi[i]);
+                    lo[i] = x0 * cos[i] - x1 * sin[i];
+                    hi[i] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// Dot product of two equal-length vectors with eight running sums, so that it vectorises;
+/// the order depends only on the length.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        // Fixed-size chunks, so the eight lanes become one vector operation. A separate
+        // multiply and add: `mul_add` without FMA enabled at compile time is a libm call.
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap(), y.try_into().unwrap());
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    let pairs = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::llama::attention::Rope;
+    use candle_core::{DType, Device, Tensor};
+
+    fn values(n: usize, salt: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ salt) % 1000)
+            .map(|v| v as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn rms_norm_equals_candles_rms_norm_bit_for_bit() -> candle_core::Result<()> {
+        let (rows, width) = (3, 96);
+        let (x, w) = (values(rows * width, 1), values(width, 2));
+        let mut got = vec![0.0; rows * width];
+        rms_norm(&x, &w, 1e-5, &mut got);
+        let xt = Tensor::from_slice(&x, (rows, width), &Device::Cpu)?;
+        let wt = Tensor::from_slice(&w, width, &Device::Cpu)?;
+        let want = candle_nn::ops::rms_norm(&xt, &wt, 1e-5)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    #[test]
+    fn silu_mul_multiplies_silu_of_the_gate_half_by_the_up_half() {
+        let gate_up = [0.0, 1.0, -2.0, 3.0, 4.0, 5.0];
+        let mut out = [0.0; 3];
+        silu_mul(&gate_up, 3, &mut out);
+        let silu = |x: f32| x / (1.0 + (-x).exp());
+        assert_eq!(out, [0.0, silu(1.0) * 4.0, silu(-2.0) * 5.0]);
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum_within_rounding() {
+        for n in [1, 8, 13, 64] {
+            let (a, b) = (values(n, 3), values(n, 4));
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-4, "n = {n}");
+        }
+    }
+
+    /// Our tables and rotation against the candle `Rope` of the old forward, in both
+    /// pairings, at positions that are not the row index.
+    #[test]
+    fn rope_rotates_like_candles_rope_in_both_layouts() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (heads, head_dim, tokens) = (3, 8, 4);
+        let inv_freq: Vec<f32> = (0..4).map(|i| 1.0 / 100f32.powf(i as f32 / 4.0)).collect();
+        let positions = [9u32, 2, 15, 0];
+        for interleaved in [true, false] {
+            let rope = Rope::new(&inv_freq, 16, interleaved, DType::F32, &dev)?;
+            let tables = super::super::rope_tables(&rope)?;
+            let x = values(tokens * heads * head_dim, 5);
+            let mut got = x.clone();
+            for (row, &pos) in got.chunks_exact_mut(heads * head_dim).zip(&positions) {
+                tables.rotate(row, pos as usize);
+            }
+            let xt = Tensor::from_slice(&x, (tokens, heads * head_dim), &dev)?;
+            let (cos, sin) = rope.tables_at(&Tensor::new(&positions, &dev)?)?;
+            let want = rope.apply(&xt, heads, &cos, &sin)?.flatten_all()?;
+            let diff = got
+                .iter()
+                .zip(want.to_vec1::<f32>()?)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-6, "interleaved={interleaved}: max diff {diff}");
+        }
+        Ok(())
+    }
+}
