@@ -6,7 +6,7 @@
 //! fixed by its position and the head dim: results do not depend on which rows share the
 //! step, how a prompt was chunked, or how items were spread over threads.
 
-use super::ops::dot;
+use super::ops::{dot, exp};
 
 /// Query rows per work item: small enough to spread one long prefill over the threads,
 /// large enough that a decode step (one row per segment) is one item per KV head.
@@ -170,12 +170,11 @@ fn softmax_unnormalised(s: &mut [f32], scale: f32) -> f32 {
         *x /= scale;
     }
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    // Exponentials in a pass of their own, so that they vectorise; then the sum, in order.
     for x in s.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+        *x = exp(*x - max);
     }
-    sum
+    s.iter().sum()
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub(super) fn silu_mul(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
     for (src, dst) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
         let (gate, up) = src.split_at(ffn);
         for ((d, g), u) in dst.iter_mut().zip(gate).zip(up) {
-            *d = *g / (1.0 + (-*g).exp()) * *u;
+            *d = *g / (1.0 + exp(-*g)) * *u;
         }
     }
 }
@@ -74,6 +74,28 @@ impl RopeTables {
             }
         }
     }
+}
+
+/// e^x to within ~2 ulp, in plain arithmetic that the compiler vectorises. libm's `expf` is a
+/// call per element, and a 512-token prefill takes ~35 M of them in softmax and ~24 M in SiLU.
+/// Arguments are clamped to [-87.3, 88.3], the range whose result is a normal f32: below it
+/// the result is ~1e-38 instead of 0 (harmless as a softmax weight), above it ~2e38, not inf.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    // ln 2 in two parts (Cephes): n · LN2_HI is exact for the n that occur, so r keeps its bits.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    // Round x / ln 2 to the nearest integer: adding 1.5 · 2²³ leaves no fraction bits.
+    let t = x * std::f32::consts::LOG2_E;
+    let n = (t + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // |r| <= ln 2 / 2: the degree-6 Taylor polynomial errs by < r⁷/7! ≈ 1.2e-7 relative.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))));
+    // 2^n from its exponent bits; n + 127 is in 1..=254 for the clamped range.
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Dot product of two equal-length vectors with eight running sums, so that it vectorises;
@@ -131,6 +153,21 @@ mod tests {
             .to_vec1::<f32>()?;
         assert_eq!(got, want);
         Ok(())
+    }
+
+    #[test]
+    fn exp_is_within_three_ulp_of_f64_exp_over_the_normal_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.3 + 175.6 * i as f32 / 200_000.0;
+            let want = f64::from(x).exp();
+            let rel = ((f64::from(exp(x)) - want) / want).abs();
+            worst = worst.max(rel);
+        }
+        // One f32 ulp is 2^-23 ≈ 1.19e-7 relative at most.
+        assert!(worst < 3.0 * 1.19e-7, "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 1e-37 && exp(1000.0) > 1e38 && exp(1000.0).is_finite());
     }
 
     #[test]
