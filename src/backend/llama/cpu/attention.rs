@@ -98,8 +98,8 @@ pub(super) fn attend(inp: &AttnInputs<'_>, items: &[Item], cost: usize, out: &mu
     }
 }
 
-/// Per-thread buffers: scores `[groups, len]`, their softmax sums `[groups]` and output
-/// sums `[groups, head_dim]`.
+/// Per-thread buffers: scores `[groups, len]`, their softmax sums `[groups]`, and output
+/// sums `[head_dim]` for head widths without a fixed-size path.
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
@@ -142,22 +142,51 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
         scratch
             .sums
             .extend(rows.map(|s| softmax_unnormalised(s, sqrt_hd)));
-        scratch.acc.clear();
-        scratch.acc.resize(groups * hd, 0.0);
-        for (j, v) in values.chunks_exact(hd).take(len).enumerate() {
-            for (g, acc) in scratch.acc.chunks_exact_mut(hd).enumerate() {
-                let p = scratch.scores[g * len + j];
+        for g in 0..groups {
+            let probs = &scratch.scores[g * len..][..len];
+            let dst = out.0.add(row * heads * hd + (first_head + g) * hd);
+            // SAFETY: this item's block of `out` (the caller's contract): hd floats at `dst`.
+            let dst = std::slice::from_raw_parts_mut(dst, hd);
+            weighted_values(probs, values, scratch.sums[g], &mut scratch.acc, dst);
+        }
+    }
+}
+
+/// `dst = Σ_j probs[j] · values[j] / sum` over `hd`-wide value rows, summed in j order.
+/// Common head widths get accumulators of a size known at compile time, which stay in
+/// registers across the rows instead of being loaded and stored for every value row
+/// (the same arithmetic in the same order, so the same bits).
+#[inline(always)]
+fn weighted_values(probs: &[f32], values: &[f32], sum: f32, acc: &mut Vec<f32>, dst: &mut [f32]) {
+    match dst.len() {
+        64 => weighted_values_n::<64>(probs, values, sum, dst),
+        128 => weighted_values_n::<128>(probs, values, sum, dst),
+        hd => {
+            acc.clear();
+            acc.resize(hd, 0.0);
+            for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
                 for (a, x) in acc.iter_mut().zip(v) {
                     *a += p * x;
                 }
             }
-        }
-        for (g, acc) in scratch.acc.chunks_exact(hd).enumerate() {
-            let dst = out.0.add(row * heads * hd + (first_head + g) * hd);
-            for (d, a) in acc.iter().enumerate() {
-                *dst.add(d) = a / scratch.sums[g];
+            for (d, a) in dst.iter_mut().zip(acc.iter()) {
+                *d = a / sum;
             }
         }
+    }
+}
+
+#[inline(always)]
+fn weighted_values_n<const D: usize>(probs: &[f32], values: &[f32], sum: f32, dst: &mut [f32]) {
+    let mut acc = [0f32; D];
+    for (p, v) in probs.iter().zip(values.chunks_exact(D)) {
+        let v: &[f32; D] = v.try_into().expect("D-wide value row");
+        for (a, x) in acc.iter_mut().zip(v) {
+            *a += p * x;
+        }
+    }
+    for (d, a) in dst.iter_mut().zip(acc) {
+        *d = a / sum;
     }
 }
 
