@@ -4,6 +4,7 @@
 //! (vocab 100, q|k|v 128, gate|up 192). Last, the Q4_0 kernel on the real SmolLM2 model
 //! against candle's Q4_0 matmul.
 
+use super::tests_gguf::{argmax, assert_logits_follow, greedy_alone, max_diff, ours_forced};
 use super::*;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::QTensor;
@@ -134,16 +135,6 @@ fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
     load_gguf_with_kernel(&tiny.0, &Device::Cpu, &opts, int8).expect("load tiny model")
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Two sequences prefilled, then decoded together for a few greedy steps: every logits row.
 fn run_two_sequences(model: &mut LlamaModel) -> Vec<Vec<f32>> {
     let mut rows = vec![
@@ -241,53 +232,6 @@ fn plain_cpu_forward_follows_the_candle_op_forward() {
     }
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// Largest logit minus the runner-up.
-fn top_margin(logits: &[f32]) -> f32 {
-    let (mut first, mut second) = (f32::MIN, f32::MIN);
-    for &v in logits {
-        if v > first {
-            (first, second) = (v, first);
-        } else if v > second {
-            second = v;
-        }
-    }
-    first - second
-}
-
-/// Greedy tokens of one sequence and the logits each was picked from.
-fn greedy(model: &mut LlamaModel, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut logits = model.prefill(0, prompt).expect("prefill");
-    let (mut tokens, mut all) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-        tokens.push(argmax(&logits));
-        all.push(logits);
-        logits = model
-            .decode(&[(0, tokens[tokens.len() - 1])])
-            .expect("decode")
-            .remove(0);
-    }
-    model.release(0);
-    (tokens, all)
-}
-
-/// Our logits of every step when `tokens` are fed after `prompt` (teacher forcing).
-fn forced(model: &mut LlamaModel, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
-    let mut all = vec![model.prefill(0, prompt).expect("prefill")];
-    for &next in &tokens[..tokens.len() - 1] {
-        all.push(model.decode(&[(0, next)]).expect("decode").remove(0));
-    }
-    model.release(0);
-    all
-}
-
 /// The real SmolLM2 file, requantized to Q4_0 at load as manifest `default_dtype = "q4_0"`
 /// does, on our Q4_0 kernel against the same forward on candle's Q4_0 `QMatMul`.
 ///
@@ -320,19 +264,11 @@ fn q4_0_kernel_follows_candle_q4_0_matmul_on_smollm2() {
     let mut checked = 0;
     for (p, text) in prompts.iter().enumerate() {
         let prompt = tok.encode(*text, false).expect("encode").get_ids().to_vec();
-        let (tokens, want) = greedy(&mut candle, &prompt, 16);
-        let got = forced(&mut ours, &prompt, &tokens);
-        for (step, (got, want)) in got.iter().zip(&want).enumerate() {
-            let diff = max_diff(got, want);
-            assert!(
-                diff < 2.5,
-                "prompt {p} step {step}: logits differ by {diff}"
-            );
-            if top_margin(want) > 1.0 {
-                assert_eq!(argmax(got), argmax(want), "prompt {p} step {step}");
-                checked += 1;
-            }
-        }
+        let (tokens, want) = greedy_alone(&mut candle, 0, &prompt, 16);
+        let got = ours_forced(&mut ours, 0, &prompt, &tokens);
+        candle.release(0);
+        ours.release(0);
+        checked += assert_logits_follow(&got, &want, 2.5, p);
     }
     assert!(
         checked >= 20,
