@@ -23,7 +23,7 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::int8::{matmul_tiles, TileKernel, BLOCK, MAX_ROWS};
+use super::int8::{matmul_tiles, with_quantized, TileKernel, BLOCK, MAX_ROWS};
 pub use super::int8::{QuantizedRows, TILE_ROWS};
 use super::Isa;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -162,7 +162,7 @@ impl PackedQ8_0 {
 
     /// `out[r][..n] = x[r] · Wᵀ` for `rows` rows of `x` (`rows × k`, row-major).
     pub fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        self.matmul_quantized(&QuantizedRows::new(x, rows, self.k), out);
+        with_quantized(x, rows, self.k, |acts| self.matmul_quantized(acts, out));
     }
 
     /// As [`Self::matmul`] on activations already quantized (when several matrices share
