@@ -6,7 +6,8 @@
 //! fixed by its position and the head dim: results do not depend on which rows share the
 //! step, how a prompt was chunked, or how items were spread over threads.
 
-use super::ops::{dot, exp};
+use super::kv::KEY_BLOCK as KEYS;
+use super::ops::{exp, madd, max, sum};
 
 /// Query rows per work item: small enough to spread one long prefill over the threads,
 /// large enough that a decode step (one row per segment) is one item per KV head.
@@ -71,8 +72,9 @@ pub(super) struct AttnInputs<'a> {
     /// `[step rows, q_stride]`; query head h of a row at columns `h * head_dim..`.
     pub q: &'a [f32],
     pub q_stride: usize,
-    /// Keys and values, `[start + rows, head_dim]` each, of segment s and KV head h at
-    /// `s * kv_heads + h`.
+    /// Keys and values of segment s and KV head h at `s * kv_heads + h`, covering positions
+    /// `0..start + rows`: keys as transposed blocks `[blocks, head_dim, KEYS]` (the KV
+    /// cache's layout), values `[positions, head_dim]`.
     pub kv: &'a [(&'a [f32], &'a [f32])],
 }
 
@@ -98,8 +100,8 @@ pub(super) fn attend(inp: &AttnInputs<'_>, items: &[Item], cost: usize, out: &mu
     }
 }
 
-/// Per-thread buffers: scores `[groups, len]`, their softmax sums `[groups]`, and output
-/// sums `[head_dim]` for head widths without a fixed-size path.
+/// Per-thread buffers: the item's scores `[query vectors, keys rounded up to KEYS]`, their
+/// softmax sums, and output sums for head widths without a fixed-size path.
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
@@ -124,32 +126,94 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
     let groups = heads / kv_heads;
     let seg = inp.segments[item.seg];
     let (keys, values) = inp.kv[item.seg * kv_heads + item.kv_head];
+    let first_head = item.kv_head * groups;
+    // Query vectors in (row, group) order; vector i belongs to row r0 + i / groups.
+    let queries: Vec<&[f32]> = (item.r0..item.r1)
+        .flat_map(|r| {
+            let q_row = &inp.q[(seg.offset + r) * inp.q_stride..];
+            (0..groups).map(move |g| &q_row[(first_head + g) * hd..][..hd])
+        })
+        .collect();
+    let lens: Vec<usize> = (0..queries.len())
+        .map(|i| seg.start + item.r0 + i / groups + 1)
+        .collect();
+    let stride = (seg.start + item.r1).next_multiple_of(KEYS);
+    scratch.scores.resize(queries.len() * stride, 0.0);
+    scores(&queries, &lens, keys, hd, stride, scratch);
+    scratch.sums.clear();
     let sqrt_hd = (hd as f32).sqrt();
-    for r in item.r0..item.r1 {
-        let len = seg.start + r + 1;
-        let row = seg.offset + r;
-        let q_row = &inp.q[row * inp.q_stride..];
-        let first_head = item.kv_head * groups;
-        let q_head = |g: usize| &q_row[(first_head + g) * hd..][..hd];
-        scratch.scores.resize(groups * len, 0.0);
-        for (j, k) in keys.chunks_exact(hd).take(len).enumerate() {
-            for g in 0..groups {
-                scratch.scores[g * len + j] = dot(q_head(g), k);
-            }
+    for (i, &len) in lens.iter().enumerate() {
+        let s = &mut scratch.scores[i * stride..][..len];
+        scratch.sums.push(softmax_unnormalised(s, sqrt_hd));
+    }
+    let out_at = |i: usize| {
+        let (r, g) = (item.r0 + i / groups, i % groups);
+        // SAFETY: this item's block of `out` (the caller's contract): hd floats there.
+        unsafe {
+            let dst = out
+                .0
+                .add((seg.offset + r) * heads * hd + (first_head + g) * hd);
+            std::slice::from_raw_parts_mut(dst, hd)
         }
-        scratch.sums.clear();
-        let rows = scratch.scores.chunks_exact_mut(len);
-        scratch
-            .sums
-            .extend(rows.map(|s| softmax_unnormalised(s, sqrt_hd)));
-        for g in 0..groups {
-            let probs = &scratch.scores[g * len..][..len];
-            let dst = out.0.add(row * heads * hd + (first_head + g) * hd);
-            // SAFETY: this item's block of `out` (the caller's contract): hd floats at `dst`.
-            let dst = std::slice::from_raw_parts_mut(dst, hd);
-            weighted_values(probs, values, scratch.sums[g], &mut scratch.acc, dst);
+    };
+    let mut i = 0;
+    while i < lens.len() {
+        let probs = |i: usize| &scratch.scores[i * stride..][..lens[i]];
+        // Three heads of one row at once share each value row's load (SmolLM2's group).
+        if hd == 64 && i % groups + 3 <= groups {
+            let sums = [scratch.sums[i], scratch.sums[i + 1], scratch.sums[i + 2]];
+            let dsts = [out_at(i), out_at(i + 1), out_at(i + 2)];
+            weighted_values_heads::<64, 3>(
+                [probs(i), probs(i + 1), probs(i + 2)],
+                values,
+                sums,
+                dsts,
+            );
+            i += 3;
+        } else {
+            let (probs, sum) = (probs(i), scratch.sums[i]);
+            weighted_values(probs, values, sum, &mut scratch.acc, out_at(i));
+            i += 1;
         }
     }
+}
+
+/// Raw scores `q · k` of every query vector against its keys `0..lens[i]`, into row i of
+/// `scratch.scores` (`stride` floats apart). Keys come in transposed blocks of KEYS (the KV
+/// cache's layout), so a score is a sum of `q[d] · kᵀ[d]` over d in order with one key per
+/// lane: no horizontal sum per key, and a score's bits depend only on its query and key,
+/// never on the block or the item it was computed in.
+fn scores(
+    queries: &[&[f32]],
+    lens: &[usize],
+    keys_t: &[f32],
+    hd: usize,
+    stride: usize,
+    scratch: &mut Scratch,
+) {
+    for (b, block) in keys_t.chunks_exact(hd * KEYS).enumerate() {
+        let k0 = b * KEYS;
+        for (i, q) in queries.iter().enumerate() {
+            if k0 < lens[i] {
+                let dst = &mut scratch.scores[i * stride + k0..][..KEYS];
+                dst.copy_from_slice(&key_block(q, block));
+            }
+        }
+    }
+}
+
+/// `q · k_l` for the KEYS keys of one transposed block (`keys_t[d * KEYS + l]`); lanes past
+/// the block's keys hold leftovers and are never read as scores.
+#[inline(always)]
+fn key_block(q: &[f32], keys_t: &[f32]) -> [f32; KEYS] {
+    let mut acc = [0f32; KEYS];
+    for (qd, kt) in q.iter().zip(keys_t.chunks_exact(KEYS)) {
+        let kt: &[f32; KEYS] = kt.try_into().expect("KEYS lanes");
+        for (a, k) in acc.iter_mut().zip(kt) {
+            *a = madd(*a, *qd, *k);
+        }
+    }
+    acc
 }
 
 /// `dst = Σ_j probs[j] · values[j] / sum` over `hd`-wide value rows, summed in j order.
@@ -159,14 +223,14 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
 #[inline(always)]
 fn weighted_values(probs: &[f32], values: &[f32], sum: f32, acc: &mut Vec<f32>, dst: &mut [f32]) {
     match dst.len() {
-        64 => weighted_values_n::<64>(probs, values, sum, dst),
-        128 => weighted_values_n::<128>(probs, values, sum, dst),
+        64 => weighted_values_heads::<64, 1>([probs], values, [sum], [dst]),
+        128 => weighted_values_heads::<128, 1>([probs], values, [sum], [dst]),
         hd => {
             acc.clear();
             acc.resize(hd, 0.0);
             for (p, v) in probs.iter().zip(values.chunks_exact(hd)) {
                 for (a, x) in acc.iter_mut().zip(v) {
-                    *a += p * x;
+                    *a = madd(*a, *p, *x);
                 }
             }
             for (d, a) in dst.iter_mut().zip(acc.iter()) {
@@ -176,17 +240,30 @@ fn weighted_values(probs: &[f32], values: &[f32], sum: f32, acc: &mut Vec<f32>, 
     }
 }
 
+/// [`weighted_values`] for `G` heads that read the same values (query heads of one KV
+/// head, same row, so the same number of keys), each value row loaded once for all of them;
+/// every head's sum keeps the single-head order and bits.
 #[inline(always)]
-fn weighted_values_n<const D: usize>(probs: &[f32], values: &[f32], sum: f32, dst: &mut [f32]) {
-    let mut acc = [0f32; D];
-    for (p, v) in probs.iter().zip(values.chunks_exact(D)) {
+fn weighted_values_heads<const D: usize, const G: usize>(
+    probs: [&[f32]; G],
+    values: &[f32],
+    sums: [f32; G],
+    dsts: [&mut [f32]; G],
+) {
+    let mut acc = [[0f32; D]; G];
+    for (j, v) in values.chunks_exact(D).take(probs[0].len()).enumerate() {
         let v: &[f32; D] = v.try_into().expect("D-wide value row");
-        for (a, x) in acc.iter_mut().zip(v) {
-            *a += p * x;
+        for (acc, probs) in acc.iter_mut().zip(&probs) {
+            let p = probs[j];
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a = madd(*a, p, *x);
+            }
         }
     }
-    for (d, a) in dst.iter_mut().zip(acc) {
-        *d = a / sum;
+    for ((dst, acc), sum) in dsts.into_iter().zip(&acc).zip(sums) {
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = a / sum;
+        }
     }
 }
 
@@ -195,15 +272,16 @@ fn weighted_values_n<const D: usize>(probs: &[f32], values: &[f32], sum: f32, ds
 /// to every score. The scaling is its own pass so that it vectorises.
 #[inline(always)]
 fn softmax_unnormalised(s: &mut [f32], scale: f32) -> f32 {
+    let inv = 1.0 / scale;
     for x in s.iter_mut() {
-        *x /= scale;
+        *x *= inv;
     }
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Exponentials in a pass of their own, so that they vectorise; then the sum, in order.
+    let max = max(s);
+    // Exponentials in a pass of their own, so that they vectorise; then the sum.
     for x in s.iter_mut() {
         *x = exp(*x - max);
     }
-    s.iter().sum()
+    sum(s)
 }
 
 #[cfg(test)]
@@ -293,11 +371,33 @@ mod tests {
         }
     }
 
+    /// Row-major keys `[n, hd]` in the KV cache's transposed blocks, padded with NaN: lanes
+    /// past the keys must never reach a result.
+    fn transposed(keys: &[f32], hd: usize) -> Vec<f32> {
+        let n = keys.len() / hd;
+        let mut t = vec![f32::NAN; n.div_ceil(KEYS) * KEYS * hd];
+        for (pos, key) in keys.chunks_exact(hd).enumerate() {
+            for (d, x) in key.iter().enumerate() {
+                t[((pos / KEYS) * hd + d) * KEYS + pos % KEYS] = *x;
+            }
+        }
+        t
+    }
+
     fn run(c: &Case, parallel: bool) -> Vec<f32> {
-        let kv: Vec<(&[f32], &[f32])> =
+        let keys_t: Vec<Vec<Vec<f32>>> =
             c.kv.iter()
-                .flat_map(|heads| heads.iter().map(|(k, v)| (&k[..], &v[..])))
+                .map(|heads| {
+                    let t = |(k, _): &(Vec<f32>, Vec<f32>)| transposed(k, HEADS.head_dim);
+                    heads.iter().map(t).collect()
+                })
                 .collect();
+        let kv: Vec<(&[f32], &[f32])> = c
+            .kv
+            .iter()
+            .zip(&keys_t)
+            .flat_map(|(heads, keys)| heads.iter().zip(keys).map(|((_, v), k)| (&k[..], &v[..])))
+            .collect();
         let inp = AttnInputs {
             heads: HEADS,
             segments: &c.segments,

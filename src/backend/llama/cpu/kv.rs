@@ -1,13 +1,20 @@
 //! Per-sequence KV storage of the plain-Rust forward: the same slots as `llama::kv`, in
 //! plain `Vec<f32>` buffers instead of candle tensors.
 //!
-//! Layout, growth and release follow `kv::SlotKv` (shared policy in `kv::grown_capacity`
-//! and `kv::retained_on_reset`): per layer one key and one value buffer
-//! `[kv_heads, capacity, head_dim]`, heads-first so that one KV head's rows are contiguous
-//! for all query heads of its group; capacity grows by doubling; positions past `len` are
-//! scratch until `commit`, so a failed step leaves the sequence as it was.
+//! Growth and release follow `kv::SlotKv` (shared policy in `kv::grown_capacity` and
+//! `kv::retained_on_reset`): capacity grows by doubling; positions past `len` are scratch
+//! until `commit`, so a failed step leaves the sequence as it was. Per layer, heads-first so
+//! that one KV head's data is contiguous for all query heads of its group:
+//! - values `[kv_heads, capacity, head_dim]`, a row per position;
+//! - keys in blocks of [`KEY_BLOCK`] positions, transposed: `[kv_heads, blocks, head_dim,
+//!   KEY_BLOCK]`. Attention scores a block of keys against a query with one key per vector
+//!   lane; stored this way, each key is transposed once when written instead of once per
+//!   block of query rows that reads it.
 
 use crate::backend::llama::kv::{grown_capacity, retained_on_reset};
+
+/// Positions per transposed key block: one 512-bit register of f32 lanes.
+pub(super) const KEY_BLOCK: usize = 16;
 
 /// Dimensions shared by every slot of a model.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +25,8 @@ pub(crate) struct KvDims {
     pub max_seq_len: usize,
 }
 
-/// One layer's keys and values, `[kv_heads, capacity, head_dim]` each.
+/// One layer's keys `[kv_heads, blocks, head_dim, KEY_BLOCK]` and values
+/// `[kv_heads, capacity, head_dim]`.
 #[derive(Debug, Default)]
 struct LayerKv {
     keys: Vec<f32>,
@@ -54,32 +62,39 @@ impl CpuSlotKv {
             return;
         }
         let new_cap = grown_capacity(self.capacity, needed, dims.max_seq_len);
-        let size = dims.n_kv_heads * new_cap * dims.head_dim;
         let (old_cap, len, hd) = (self.capacity, self.len, dims.head_dim);
-        let grow = |old: &[f32]| {
-            let mut new = vec![0f32; size];
-            // The head stride changes with the capacity: copy each head's stored rows.
+        // Each head's stored part is a prefix of its region (rows, or whole key blocks);
+        // the region's size changes with the capacity.
+        let grow = |old: &[f32], per_head: (usize, usize), stored: usize| {
+            let mut new = vec![0f32; dims.n_kv_heads * per_head.1];
             for head in 0..dims.n_kv_heads {
-                let rows = len * hd;
-                new[head * new_cap * hd..][..rows]
-                    .copy_from_slice(&old[head * old_cap * hd..][..rows]);
+                new[head * per_head.1..][..stored]
+                    .copy_from_slice(&old[head * per_head.0..][..stored]);
             }
             new
         };
+        let keys_size = |cap: usize| cap.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd;
+        let key_sizes = (keys_size(old_cap), keys_size(new_cap));
+        let stored_keys = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd;
         self.layers = (0..dims.n_layers)
             .map(|layer| match self.layers.get(layer) {
                 Some(old) if len > 0 => LayerKv {
-                    keys: grow(&old.keys),
-                    values: grow(&old.values),
+                    keys: grow(&old.keys, key_sizes, stored_keys),
+                    values: grow(&old.values, (old_cap * hd, new_cap * hd), len * hd),
                 },
                 _ => LayerKv {
-                    keys: vec![0f32; size],
-                    values: vec![0f32; size],
+                    keys: vec![0f32; dims.n_kv_heads * key_sizes.1],
+                    values: vec![0f32; dims.n_kv_heads * new_cap * hd],
                 },
             })
             .collect();
         self.capacity = new_cap;
         self.head_dim = dims.head_dim;
+    }
+
+    /// Floats of one head's keys: whole blocks covering the capacity.
+    fn head_keys(&self) -> usize {
+        self.capacity.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.head_dim
     }
 
     /// Writes one token's keys and values (`[kv_heads * head_dim]` each, heads side by side
@@ -90,28 +105,34 @@ impl CpuSlotKv {
             "KV write at {pos} past capacity {}",
             self.capacity
         );
-        let (cap, hd) = (self.capacity, self.head_dim);
+        let (cap, hd, head_keys) = (self.capacity, self.head_dim, self.head_keys());
         let kv = &mut self.layers[layer];
         let rows = keys.chunks_exact(hd).zip(values.chunks_exact(hd));
+        let (block, lane) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
         for (head, (k, v)) in rows.enumerate() {
+            let block_keys = &mut kv.keys[head * head_keys + block * hd * KEY_BLOCK..];
+            for (d, x) in k.iter().enumerate() {
+                block_keys[d * KEY_BLOCK + lane] = *x;
+            }
             let at = (head * cap + pos) * hd;
-            kv.keys[at..at + hd].copy_from_slice(k);
             kv.values[at..at + hd].copy_from_slice(v);
         }
     }
 
-    /// Keys and values of one KV head of `layer`, `[len, head_dim]` each: the first `len`
-    /// positions (stored ones plus any written by the running step).
+    /// Keys and values of one KV head of `layer` for the first `len` positions (stored ones
+    /// plus any written by the running step): keys as the whole transposed blocks covering
+    /// them (`[blocks, head_dim, KEY_BLOCK]`; lanes past `len` are leftovers), values
+    /// `[len, head_dim]`.
     pub fn head(&self, layer: usize, head: usize, len: usize) -> (&[f32], &[f32]) {
         assert!(
             len <= self.capacity,
             "KV read of {len} past capacity {}",
             self.capacity
         );
-        let kv = &self.layers[layer];
-        let at = head * self.capacity * self.head_dim;
-        let n = len * self.head_dim;
-        (&kv.keys[at..at + n], &kv.values[at..at + n])
+        let (kv, hd) = (&self.layers[layer], self.head_dim);
+        let keys = &kv.keys[head * self.head_keys()..][..len.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd];
+        let at = head * self.capacity * hd;
+        (keys, &kv.values[at..at + len * hd])
     }
 
     /// Marks `t` more positions as stored, once every layer has written them.
@@ -149,31 +170,32 @@ mod tests {
 
     #[test]
     fn growth_doubles_in_blocks_keeps_stored_rows_and_caps_at_max_seq_len() {
+        // More than one key block, the last one partial.
+        const STORED: usize = 20;
         let mut slot = CpuSlotKv::default();
-        slot.reserve(3, &DIMS);
+        slot.reserve(STORED, &DIMS);
         assert_eq!(slot.capacity(), 64);
-        for pos in 0..3 {
+        for pos in 0..STORED {
             for layer in 0..2 {
                 let k = row(layer, pos);
                 let v: Vec<f32> = k.iter().map(|x| -x).collect();
                 slot.write(layer, pos, &k, &v);
             }
         }
-        slot.commit(3);
+        slot.commit(STORED);
         for (needed, cap) in [(65, 128), (250, 256), (290, 300)] {
             slot.reserve(needed, &DIMS);
             assert_eq!(slot.capacity(), cap, "reserve({needed})");
         }
         for layer in 0..2 {
             for head in 0..2 {
-                let (k, v) = slot.head(layer, head, 3);
-                for pos in 0..3 {
+                let (k, v) = slot.head(layer, head, STORED);
+                for pos in 0..STORED {
                     let want = &row(layer, pos)[head * 4..][..4];
-                    assert_eq!(
-                        &k[pos * 4..][..4],
-                        want,
-                        "layer {layer} head {head} pos {pos}"
-                    );
+                    let key: Vec<f32> = (0..4)
+                        .map(|d| k[((pos / KEY_BLOCK) * 4 + d) * KEY_BLOCK + pos % KEY_BLOCK])
+                        .collect();
+                    assert_eq!(key, want, "layer {layer} head {head} pos {pos}");
                     let neg: Vec<f32> = want.iter().map(|x| -x).collect();
                     assert_eq!(&v[pos * 4..][..4], neg.as_slice());
                 }

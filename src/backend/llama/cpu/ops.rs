@@ -76,6 +76,63 @@ impl RopeTables {
     }
 }
 
+/// `acc + a · b`: fused where the build targets FMA (one instruction, one rounding), else a
+/// multiply and an add, since `mul_add` without FMA at compile time is a libm call. Fixed
+/// for a given binary either way, so results stay reproducible within it.
+#[inline(always)]
+pub(super) fn madd(acc: f32, a: f32, b: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    {
+        a.mul_add(b, acc)
+    }
+    #[cfg(not(target_feature = "fma"))]
+    {
+        acc + a * b
+    }
+}
+
+/// Sum of `xs` in sixteen running lanes, then pairwise: vectorises where a sequential sum
+/// cannot, and its order depends only on the length.
+#[inline(always)]
+pub(super) fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    for (l, x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l = *x;
+    }
+    for chunk in chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l += *x;
+        }
+    }
+    let mut width = 8;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// Largest of `xs` (−∞ if empty), in sixteen lanes with a compare-and-select, which
+/// vectorises where `f32::max` (for its NaN rule) does not; exact, so any order gives it.
+#[inline(always)]
+pub(super) fn max(xs: &[f32]) -> f32 {
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    for (l, x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l = *x;
+    }
+    for chunk in chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l = pick(*l, *x);
+        }
+    }
+    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| pick(a, b))
+}
+
 /// e^x to within ~2 ulp, in plain arithmetic that the compiler vectorises. libm's `expf` is a
 /// call per element, and a 512-token prefill takes ~35 M of them in softmax and ~24 M in SiLU.
 /// Arguments are clamped to [-87.3, 88.3], the range whose result is a normal f32: below it
@@ -96,35 +153,6 @@ pub(super) fn exp(x: f32) -> f32 {
             + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))));
     // 2^n from its exponent bits; n + 127 is in 1..=254 for the clamped range.
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Dot product of two equal-length vectors with eight running sums, so that it vectorises;
-/// the order depends only on the length.
-#[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        // Fixed-size chunks, so the eight lanes become one vector operation. A separate
-        // multiply and add: `mul_add` without FMA enabled at compile time is a libm call.
-        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap(), y.try_into().unwrap());
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    let pairs = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
 }
 
 #[cfg(test)]
@@ -180,11 +208,21 @@ mod tests {
     }
 
     #[test]
-    fn dot_matches_a_plain_sum_within_rounding() {
-        for n in [1, 8, 13, 64] {
-            let (a, b) = (values(n, 3), values(n, 4));
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
-            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-4, "n = {n}");
+    fn lane_sum_matches_a_plain_sum_within_rounding_at_every_tail_length() {
+        for n in [0, 1, 15, 16, 17, 64, 100] {
+            let x = values(n, 3);
+            let want: f64 = x.iter().map(|v| f64::from(*v)).sum();
+            assert!((f64::from(sum(&x)) - want).abs() < 1e-4, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn lane_max_is_the_largest_value_at_every_tail_length() {
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        for n in [1, 15, 16, 17, 64, 100] {
+            let x = values(n, 4);
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&x), want, "n = {n}");
         }
     }
 
