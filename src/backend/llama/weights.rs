@@ -57,6 +57,21 @@ pub(crate) struct Placement<'a> {
     pub int8: Option<Isa>,
 }
 
+impl Placement<'_> {
+    /// Where the LM head goes: a 4-bit format keeps it at Q8_0, as llama.cpp's Q4_0 files
+    /// keep `token_embd`/`output` at 8 bits. The head's rounding errors land directly on the
+    /// logits; with it at 4 bits SmolLM2 lost a third of its top-1 choices
+    /// (`loadtests/quant_quality`), and the comparison with llama-server's Q4_0 would read
+    /// fewer bytes per token than the peer does.
+    fn for_head(self) -> Self {
+        let format = self.format.map(|f| match f {
+            GgmlDType::Q4_0 => GgmlDType::Q8_0,
+            f => f,
+        });
+        Self { format, ..self }
+    }
+}
+
 /// Re-encodes a quantized weight on the CPU when a faster format is asked for; `None` keeps
 /// the file's format. candle has SIMD kernels for Q8_0/Q4_0/K-quants but only scalar code for
 /// e.g. Q4_1 (see MODELS.md). Weights whose rows do not split into the target's blocks are kept.
@@ -143,11 +158,14 @@ pub(crate) fn from_gguf<R: Read + Seek>(
         &[cfg.vocab_size, h],
     )?;
     let lm_head = if content.tensor_infos.contains_key("output.weight") {
-        src.linear(&[("output.weight".into(), cfg.vocab_size)], h)?
+        src.place = place.for_head();
+        let head = src.linear(&[("output.weight".into(), cfg.vocab_size)], h)?;
+        src.place = place;
+        head
     } else {
         // Tied head. The lookup keeps the file's table (exact, and small when quantized);
         // the head, a matmul on every step, gets the faster format when one is asked for.
-        let head = match converted(&embd, place.format, place.device)? {
+        let head = match converted(&embd, place.for_head().format, place.device)? {
             Some(head) => Arc::new(head),
             None => Arc::clone(&embd),
         };
@@ -270,9 +288,15 @@ pub(crate) fn from_safetensors(
     );
     let embed = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
     let lm_head = if tied {
-        Linear::new(vec![weight_from_dense(embed.clone(), place)?], place.int8)?
+        Linear::new(
+            vec![weight_from_dense(embed.clone(), place.for_head())?],
+            place.int8,
+        )?
     } else {
-        src.linear(&[("lm_head.weight".into(), cfg.vocab_size)], h)?
+        src.place = place.for_head();
+        let head = src.linear(&[("lm_head.weight".into(), cfg.vocab_size)], h)?;
+        src.place = place;
+        head
     };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
@@ -299,4 +323,24 @@ pub(crate) fn from_safetensors(
         norm: src.dense("model.norm.weight", &[h])?,
         lm_head,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_4_bit_placement_keeps_the_lm_head_at_q8_0_and_others_keep_theirs() {
+        let device = Device::Cpu;
+        let place = |format| Placement {
+            device: &device,
+            format,
+            int8: None,
+        };
+        let head = |format| place(format).for_head().format;
+        assert_eq!(head(Some(GgmlDType::Q4_0)), Some(GgmlDType::Q8_0));
+        assert_eq!(head(Some(GgmlDType::Q8_0)), Some(GgmlDType::Q8_0));
+        assert_eq!(head(Some(GgmlDType::Q4K)), Some(GgmlDType::Q4K));
+        assert_eq!(head(None), None);
+    }
 }
