@@ -77,8 +77,8 @@ enum Ours {
 impl Ours {
     fn pack(format: Format, raw: &[u8], n: usize, k: usize) -> candle_core::Result<Self> {
         Ok(match format {
-            Format::Q8_0 => Ours::Q8_0(PackedQ8_0::from_q8_0_bytes(raw, n, k)?),
-            Format::Q4_0 => Ours::Q4_0(PackedQ4_0::from_q4_0_bytes(raw, n, k)?),
+            Format::Q8_0 => Ours::Q8_0(PackedQ8_0::from_ggml_bytes(raw, n, k)?),
+            Format::Q4_0 => Ours::Q4_0(PackedQ4_0::from_ggml_bytes(raw, n, k)?),
         })
     }
 

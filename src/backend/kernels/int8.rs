@@ -1,9 +1,24 @@
 //! What the int8 weight kernels (`q8_0`, `q4_0`) share: activations quantized once per row,
-//! and the driver that spreads a matrix's 16-row tiles over candle's thread pool.
+//! the packed weight matrix ([`Packed`]: tiles, scales, the chosen [`Isa`]), the kernels'
+//! bodies, and the driver that spreads a matrix's 16-row tiles over candle's thread pool. A
+//! [`Format`] brings only what is its own: how ggml's bytes are stored, and the inner
+//! arithmetic on one 64-byte line of them.
 //!
 //! Both kernels store weights as unsigned bytes (`w + bias`, bias 128 for Q8_0 and 8 for
 //! Q4_0) so that `vpdpbusd` (u8 × i8) applies; the activations keep their raw block sums and
 //! each kernel removes its own `bias · Σa`.
+
+mod acts;
+#[cfg(test)]
+pub(super) mod harness;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86;
+
+use super::Isa;
+use acts::with_quantized;
+pub use acts::QuantizedRows;
+use candle_core::quantized::{GgmlDType, QTensor};
+use std::marker::PhantomData;
 
 /// Output rows per tile: one 512-bit register of i32/f32 lanes.
 pub const TILE_ROWS: usize = 16;
@@ -12,176 +27,206 @@ pub(super) const BLOCK: usize = 32;
 /// Batch rows one tile call computes at most: each weight register is reused this often.
 pub(super) const MAX_ROWS: usize = 8;
 
-/// Rows of activations quantized to Q8_0 blocks, as ggml's `quantize_row_q8_0` does it
-/// (scale `amax / 127` kept as f16, values rounded half away from zero), so that our sums
-/// see the same integers as candle's own quantized matmuls.
-///
-/// Stored in chunks of [`MAX_ROWS`] rows, block-major inside a chunk
-/// (`[chunk][block][row of chunk]`): the rows that a kernel call shares a weight load
-/// between (never more than a chunk, never across one) lie at fixed offsets from one pointer
-/// per block, and quantizing a row writes only inside its own chunk.
-#[derive(Debug, Default)]
-pub struct QuantizedRows {
-    rows: usize,
-    k: usize,
-    /// `[chunk][block][row][32]`.
-    qs: Vec<i8>,
-    /// `[chunk][block][row]` activation scale, f16-rounded.
-    scales: Vec<f32>,
-    /// `[chunk][block][row]` `Σ a`: times the weights' bias, what the unsigned weights add
-    /// to each block's sum.
-    sums: Vec<i32>,
+/// One 64-byte line of a tile-block: 16 rows × 4 bytes of each row's ggml quants. Aligned so
+/// that a line is exactly one cache line and one aligned 512-bit load.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct Line(pub [u8; 64]);
+
+#[cfg(target_arch = "x86_64")]
+use x86::Simd as ArchKernels;
+/// Elsewhere only the portable kernel exists, so a format brings nothing more.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait ArchKernels {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<F> ArchKernels for F {}
+
+/// A weight format the int8 kernels have code for. Only this crate's formats implement it:
+/// the trait lives in a private module.
+pub trait Format: ArchKernels + Sized + Sync + 'static {
+    const DTYPE: GgmlDType;
+    /// Bytes of a block's quants in ggml's layout, after its f16 scale.
+    const QUANTS: usize;
+    /// Bytes of one ggml block.
+    const BLOCK_BYTES: usize = 2 + Self::QUANTS;
+    /// Lines per tile-block: 4 quant bytes of each of the 16 rows per line.
+    const LINES: usize = Self::QUANTS / 4;
+    /// Line byte of the padding rows past n: weight 0 (their scale 0 already drops them).
+    const PAD: u8;
+    /// What the stored `w + bias` adds to a block sum, per unit of the activations' `Σa`.
+    const BIAS: i32;
+    const DEFAULT_PREFETCH: usize;
+
+    /// A ggml quant byte as a line stores it.
+    fn pack_byte(q: u8) -> u8;
+
+    /// The portable kernel's inner arithmetic: line `l` of a tile-block times one row's
+    /// activations of that block (`a`, 32 values), added to the 16 rows' exact sums.
+    fn line_sums(line: &Line, l: usize, a: &[i8], sums: &mut [i32; TILE_ROWS]);
 }
 
-impl QuantizedRows {
-    /// Quantizes `rows` rows of `k` floats (`x.len() == rows * k`, k a multiple of 32).
-    pub fn new(x: &[f32], rows: usize, k: usize) -> Self {
-        let mut this = Self::default();
-        this.quantize(x, rows, k);
-        this
+/// Weights of `n` output rows × `k` inputs in format `F`, repacked for the int8 kernels.
+pub struct Packed<F> {
+    n: usize,
+    k: usize,
+    blocks: usize,
+    tiles: usize,
+    /// `[tile][block][line]`: a tile's whole k range is one contiguous stream.
+    lines: Vec<Line>,
+    /// `[tile][block][row]` f16 bits of the weight scales (half the bytes of f32).
+    scales: Vec<u16>,
+    /// Only ever a variant whose `is_available()` returned true (checked on every set).
+    isa: Isa,
+    prefetch: usize,
+    format: PhantomData<F>,
+}
+
+impl<F: Format> std::fmt::Debug for Packed<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(&format!("Packed{:?}", F::DTYPE))
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Format> Packed<F> {
+    /// Stacks matrices of format `F` that share `k` along n (e.g. q|k|v), in order, and
+    /// repacks them for the fastest kernel this CPU has.
+    pub fn from_qtensors(parts: &[&QTensor]) -> candle_core::Result<Self> {
+        let mut bytes = Vec::new();
+        let (mut n, mut k) = (0, None);
+        for part in parts {
+            if part.dtype() != F::DTYPE {
+                candle_core::bail!(
+                    "int8 kernel needs {:?} weights, got {:?}",
+                    F::DTYPE,
+                    part.dtype()
+                );
+            }
+            let (rows, cols) = part.shape().dims2()?;
+            if *k.get_or_insert(cols) != cols {
+                candle_core::bail!("stacked weights differ in k: {k:?} vs {cols}");
+            }
+            bytes.extend_from_slice(&part.data()?);
+            n += rows;
+        }
+        Self::from_ggml_bytes(&bytes, n, k.unwrap_or(0))
     }
 
-    /// As [`Self::new`], into this value's buffers: a forward that quantizes every layer's
-    /// inputs reuses one allocation instead of faulting in fresh pages per matmul.
-    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
-        assert!(
-            k.is_multiple_of(BLOCK),
-            "k = {k} is not a multiple of {BLOCK}"
-        );
-        assert_eq!(x.len(), rows * k, "input size");
+    /// Repacks `n` rows of `k` weights given in ggml's block layout of format `F`.
+    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize) -> candle_core::Result<Self> {
+        if n == 0 || k == 0 || !k.is_multiple_of(BLOCK) {
+            candle_core::bail!(
+                "int8 kernel needs n > 0 and k a positive multiple of 32, got {n}x{k}"
+            );
+        }
         let blocks = k / BLOCK;
-        // Whole chunks, so that every row's place exists; padding rows are never read.
-        let padded = rows.next_multiple_of(MAX_ROWS);
-        (self.rows, self.k) = (rows, k);
-        self.qs.resize(padded * k, 0);
-        self.scales.resize(padded * blocks, 0.0);
-        self.sums.resize(padded * blocks, 0);
-        for (row, x_row) in x.chunks_exact(k).enumerate() {
-            for (b, xs) in x_row.chunks_exact(BLOCK).enumerate() {
-                let xs: &[f32; BLOCK] = xs.try_into().expect("one block");
-                let at = self.at(b, row);
-                let d = abs_max(xs) / 127.0;
-                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-                let qs: &mut [i8; BLOCK] = (&mut self.qs[at * BLOCK..][..BLOCK])
-                    .try_into()
-                    .expect("one block");
-                self.sums[at] = quantize_block(xs, inv, qs);
-                self.scales[at] = half::f16::from_f32(d).to_f32();
+        if bytes.len() != n * blocks * F::BLOCK_BYTES {
+            let len = bytes.len();
+            candle_core::bail!("{len} bytes are not {n}x{k} {:?} weights", F::DTYPE);
+        }
+        // Rows past n (padding of the last tile) keep scale 0, so they add nothing.
+        let tiles = n.div_ceil(TILE_ROWS);
+        let mut lines = vec![Line([F::PAD; 64]); tiles * blocks * F::LINES];
+        let mut scales = vec![0u16; tiles * blocks * TILE_ROWS];
+        for (i, block) in bytes.chunks_exact(F::BLOCK_BYTES).enumerate() {
+            let (row, b) = (i / blocks, i % blocks);
+            let (tile, lane) = (row / TILE_ROWS, row % TILE_ROWS);
+            let tb = tile * blocks + b;
+            scales[tb * TILE_ROWS + lane] = u16::from_le_bytes([block[0], block[1]]);
+            for (j, &q) in block[2..].iter().enumerate() {
+                lines[tb * F::LINES + j / 4].0[lane * 4 + j % 4] = F::pack_byte(q);
             }
         }
+        Ok(Self {
+            n,
+            k,
+            blocks,
+            tiles,
+            lines,
+            scales,
+            isa: Isa::best(),
+            prefetch: F::DEFAULT_PREFETCH,
+            format: PhantomData,
+        })
     }
 
-    /// Index of (block `b`, row `row`) in `scales` and `sums` (times 32: in `qs`).
-    #[inline(always)]
-    fn at(&self, b: usize, row: usize) -> usize {
-        let blocks = self.k / BLOCK;
-        ((row / MAX_ROWS) * blocks + b) * MAX_ROWS + row % MAX_ROWS
+    /// Runs on `isa` instead of the fastest one; an error if this CPU lacks it.
+    pub fn with_isa(mut self, isa: Isa) -> candle_core::Result<Self> {
+        if !isa.is_available() {
+            candle_core::bail!("this CPU cannot run the {isa:?} kernel");
+        }
+        self.isa = isa;
+        Ok(self)
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
+    /// Prefetch distance on the weight stream in bytes (0: none). For benchmarks.
+    pub fn with_prefetch(mut self, bytes: usize) -> Self {
+        self.prefetch = bytes;
+        self
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
     }
 
     pub fn k(&self) -> usize {
         self.k
     }
 
-    /// Block `b` of rows `r0..r0 + m`: values (`m × 32`), scales and sums (`m` each). The
-    /// rows must lie in one chunk, as the tile driver's row steps (at most [`MAX_ROWS`]
-    /// from a multiple of their size) always do.
-    #[inline(always)]
-    pub(super) fn block(&self, b: usize, r0: usize, m: usize) -> (&[i8], &[f32], &[i32]) {
-        debug_assert!(
-            r0 % MAX_ROWS + m <= MAX_ROWS,
-            "rows {r0}..+{m} cross a chunk"
-        );
-        let at = self.at(b, r0);
-        (
-            &self.qs[at * BLOCK..][..m * BLOCK],
-            &self.scales[at..][..m],
-            &self.sums[at..][..m],
-        )
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
-}
 
-/// Quantizes `x` (`rows × k`) into this thread's reusable [`QuantizedRows`] and runs `f` on
-/// them: a forward step quantizes ~120 inputs, and fresh buffers for each (up to a MB for a
-/// prefill chunk) were page faults and zeroing on every call. `f` must not quantize again on
-/// this thread (it holds the buffers); the tile driver does not.
-pub(super) fn with_quantized<R>(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    f: impl FnOnce(&QuantizedRows) -> R,
-) -> R {
-    thread_local! {
-        static ACTS: std::cell::RefCell<QuantizedRows> = std::cell::RefCell::default();
+    /// Bytes of packed weights and scales that one pass over the matrix reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.lines.len() * 64 + self.scales.len() * 2
     }
-    ACTS.with_borrow_mut(|acts| {
-        acts.quantize(x, rows, k);
-        f(acts)
-    })
-}
 
-/// The largest |x| of a block. Sixteen lanes of running maxima, halved pairwise at the end,
-/// and a compare-and-select rather than `f32::max` (whose NaN rule keeps the compiler
-/// scalar), so that it vectorises; max is exact, so the result is a sequential fold's.
-#[inline(always)]
-fn abs_max(xs: &[f32; BLOCK]) -> f32 {
-    let max = |a: f32, b: f32| if b > a { b } else { a };
-    let mut lanes = [0f32; 16];
-    for chunk in xs.chunks_exact(16) {
-        for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = max(*m, v.abs());
+    /// `out[r][..n] = x[r] · Wᵀ` for `rows` rows of `x` (`rows × k`, row-major).
+    pub fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        with_quantized(x, rows, self.k, |acts| self.matmul_quantized(acts, out));
+    }
+
+    /// As [`Self::matmul`] on activations already quantized (when several matrices share
+    /// one input and are not stacked).
+    pub fn matmul_quantized(&self, acts: &QuantizedRows, out: &mut [f32]) {
+        assert_eq!(acts.k(), self.k, "activation width");
+        assert_eq!(out.len(), acts.rows() * self.n, "output size");
+        if acts.rows() == 0 {
+            return;
         }
+        let out = SharedOut(out.as_mut_ptr());
+        // Tiles write disjoint columns of `out`, so threads may take any of them.
+        candle_core::utils::barrier_pool().execute_chunked(self.tiles, |tiles| {
+            let mut res = [[0f32; TILE_ROWS]; MAX_ROWS];
+            for tile in tiles {
+                let mut r0 = 0;
+                while r0 < acts.rows() {
+                    let m = self.run_tile(tile, acts, r0, &mut res);
+                    // SAFETY: each tile is handed to exactly one thread, and `store` writes
+                    // only this tile's columns of rows r0..r0 + m.
+                    unsafe { store(&out, self.n, tile, r0, &res[..m]) };
+                    r0 += m;
+                }
+            }
+        });
     }
-    let mut width = 8;
-    while width > 0 {
-        for i in 0..width {
-            lanes[i] = max(lanes[i], lanes[i + width]);
-        }
-        width /= 2;
-    }
-    lanes[0]
-}
 
-/// `qs = round(xs · inv)` (half away from zero, as ggml's `roundf`) and returns `Σ qs`, in
-/// plain arithmetic that vectorises (`round` and saturating `as` casts stay scalar here):
-/// trunc plus a select for the rounding, and the integer read off the float's bits after
-/// adding 1.5 · 2²³. Exact for |xs · inv| <= 127, which the scale guarantees.
-#[inline(always)]
-fn quantize_block(xs: &[f32; BLOCK], inv: f32, qs: &mut [i8; BLOCK]) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let mut ints = [0i32; BLOCK];
-    for (q, v) in ints.iter_mut().zip(xs) {
-        let y = v * inv;
-        let t = y.trunc();
-        let r = if (y - t).abs() >= 0.5 {
-            t + 1f32.copysign(y)
-        } else {
-            t
-        };
-        *q = (r + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+    /// Packed lines of one tile, `[block][line]`.
+    fn tile_lines(&self, tile: usize) -> &[Line] {
+        let len = self.blocks * F::LINES;
+        &self.lines[tile * len..][..len]
     }
-    for (q, v) in qs.iter_mut().zip(&ints) {
-        *q = *v as i8;
+
+    /// f16 weight scales of one tile, `[block][row]`.
+    fn tile_scales(&self, tile: usize) -> &[u16] {
+        let len = self.blocks * TILE_ROWS;
+        &self.scales[tile * len..][..len]
     }
-    ints.iter().sum()
-}
 
-/// Four activation bytes from `at`, as the i32 that `vpdpbusd` broadcasts.
-#[inline(always)]
-#[cfg(target_arch = "x86_64")]
-pub(super) fn four(a: &[i8], at: usize) -> i32 {
-    let bytes: [i8; 4] = a[at..at + 4].try_into().expect("four bytes");
-    i32::from_le_bytes(bytes.map(|v| v as u8))
-}
-
-/// One packed weight matrix as the tile driver sees it.
-pub(super) trait TileKernel: Sync {
-    /// Output columns (weight rows), before padding to whole tiles.
-    fn n(&self) -> usize;
-    fn tiles(&self) -> usize;
     /// Computes up to [`MAX_ROWS`] rows from `r0` of one tile into `res`; returns how many.
     fn run_tile(
         &self,
@@ -189,36 +234,51 @@ pub(super) trait TileKernel: Sync {
         acts: &QuantizedRows,
         r0: usize,
         res: &mut [[f32; TILE_ROWS]; MAX_ROWS],
-    ) -> usize;
-}
-
-/// `out[r][..n] = acts[r] · Wᵀ` for every row of `acts`, tiles spread over the pool.
-pub(super) fn matmul_tiles(w: &impl TileKernel, acts: &QuantizedRows, out: &mut [f32]) {
-    let n = w.n();
-    assert_eq!(out.len(), acts.rows * n, "output size");
-    if acts.rows == 0 {
-        return;
-    }
-    let out = SharedOut(out.as_mut_ptr());
-    // Tiles write disjoint columns of `out`, so threads may take any of them.
-    candle_core::utils::barrier_pool().execute_chunked(w.tiles(), |tiles| {
-        let mut res = [[0f32; TILE_ROWS]; MAX_ROWS];
-        for tile in tiles {
-            let mut r0 = 0;
-            while r0 < acts.rows {
-                let m = w.run_tile(tile, acts, r0, &mut res);
-                // SAFETY: each tile is handed to exactly one thread, and `store` writes
-                // only this tile's columns of rows r0..r0 + m.
-                unsafe { store(&out, n, tile, r0, &res[..m]) };
-                r0 += m;
-            }
+    ) -> usize {
+        // SAFETY: `isa` is only ever set to a variant this CPU has (`with_isa`, `best`).
+        #[cfg(target_arch = "x86_64")]
+        if let Some(m) = unsafe { x86::tile(self.isa, self, tile, acts, r0, res) } {
+            return m;
         }
-    });
+        let m = (acts.rows() - r0).min(MAX_ROWS);
+        self.tile_portable(tile, acts, r0, &mut res[..m]);
+        m
+    }
+
+    /// Rows `r0..r0 + res.len()` of one tile in plain Rust: runs on any CPU, and defines the
+    /// arithmetic that the SIMD kernels must reproduce bit for bit (same exact integer sums,
+    /// same f32 operations in the same order).
+    fn tile_portable(
+        &self,
+        tile: usize,
+        acts: &QuantizedRows,
+        r0: usize,
+        res: &mut [[f32; TILE_ROWS]],
+    ) {
+        let lines = self.tile_lines(tile);
+        let scales = self.tile_scales(tile);
+        for (r, out) in res.iter_mut().enumerate() {
+            let mut acc = [0f32; TILE_ROWS];
+            for b in 0..self.blocks {
+                let (a, a_scale, a_sum) = acts.block(b, r0 + r, 1);
+                let mut isum = [0i32; TILE_ROWS];
+                for (l, line) in lines[b * F::LINES..][..F::LINES].iter().enumerate() {
+                    F::line_sums(line, l, a, &mut isum);
+                }
+                let w_scales = &scales[b * TILE_ROWS..][..TILE_ROWS];
+                for ((acc, sum), ws) in acc.iter_mut().zip(isum).zip(w_scales) {
+                    let scale = half::f16::from_bits(*ws).to_f32() * a_scale[0];
+                    *acc = ((sum - F::BIAS * a_sum[0]) as f32).mul_add(scale, *acc);
+                }
+            }
+            *out = acc;
+        }
+    }
 }
 
 /// The output pointer, shared by the pool's threads; each writes its own tiles' columns.
 struct SharedOut(*mut f32);
-// SAFETY: see `matmul_tiles`: writes through it never overlap between threads.
+// SAFETY: see `Packed::matmul_quantized`: writes through it never overlap between threads.
 unsafe impl Sync for SharedOut {}
 
 /// Writes one tile's results into `rows × n` output, dropping the padding columns past n.
@@ -236,84 +296,5 @@ unsafe fn store(out: &SharedOut, n: usize, tile: usize, r0: usize, res: &[[f32; 
         } else {
             std::ptr::copy_nonoverlapping(values.as_ptr(), dst, width);
         }
-    }
-}
-
-/// Picks the row count (a const generic, so accumulators stay in registers) for up to
-/// `$max` rows from `r0`, and how many independent partial sums each row keeps: a block's
-/// vpdpbusd into one sum form a chain as long as their latency, so few rows split the chain
-/// to keep the unit busy, while many rows interleave their chains anyway and need the
-/// registers. Returns how many rows were done.
-#[cfg(target_arch = "x86_64")]
-macro_rules! dispatch_rows {
-    ($kernel:ident, $max:literal, $w:ident, $tile:ident, $acts:ident, $r0:ident, $res:ident) => {{
-        let m = ($acts.rows() - $r0).min($max);
-        let res = &mut $res[..m];
-        match m {
-            1 => $kernel::<1, 4>($w, $tile, $acts, $r0, res.try_into().expect("1 row")),
-            2 => $kernel::<2, 4>($w, $tile, $acts, $r0, res.try_into().expect("2 rows")),
-            3 => $kernel::<3, 2>($w, $tile, $acts, $r0, res.try_into().expect("3 rows")),
-            4 => $kernel::<4, 2>($w, $tile, $acts, $r0, res.try_into().expect("4 rows")),
-            5 => $kernel::<5, 1>($w, $tile, $acts, $r0, res.try_into().expect("5 rows")),
-            6 => $kernel::<6, 1>($w, $tile, $acts, $r0, res.try_into().expect("6 rows")),
-            7 => $kernel::<7, 1>($w, $tile, $acts, $r0, res.try_into().expect("7 rows")),
-            _ => $kernel::<8, 1>($w, $tile, $acts, $r0, res.try_into().expect("8 rows")),
-        }
-        m
-    }};
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) use dispatch_rows;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-
-    /// Rows with what rounding must get right: values that scale to exact halves (±0.5,
-    /// ±2.5: away from zero, not to even), a zero block, one block of one nonzero value,
-    /// and ordinary values.
-    fn awkward_rows(rows: usize, k: usize) -> Vec<f32> {
-        let mut x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
-            .collect();
-        // Block 0 of row 0: amax 127, so the scale is 1 and halves stay halves.
-        x[..8].copy_from_slice(&[127.0, 0.5, -0.5, 2.5, -2.5, 126.5, -1.5, 3.5]);
-        x[BLOCK..2 * BLOCK].fill(0.0);
-        x[2 * BLOCK..3 * BLOCK].fill(0.0);
-        x[2 * BLOCK + 5] = -3.0e-3;
-        x
-    }
-
-    #[test]
-    fn activations_quantize_to_exactly_ggmls_q8_0_blocks() -> candle_core::Result<()> {
-        let (rows, k) = (3, 160);
-        let x = awkward_rows(rows, k);
-        let ours = QuantizedRows::new(&x, rows, k);
-        let t = Tensor::from_slice(&x, (rows, k), &Device::Cpu)?;
-        let ggml = QTensor::quantize(&t, GgmlDType::Q8_0)?.data()?.into_owned();
-        for (i, block) in ggml.chunks_exact(2 + BLOCK).enumerate() {
-            let (row, b) = (i / (k / BLOCK), i % (k / BLOCK));
-            let (qs, scale, sum) = ours.block(b, row, 1);
-            let want_qs: Vec<i8> = block[2..].iter().map(|&q| q as i8).collect();
-            let want_scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-            assert_eq!(qs, &want_qs[..], "values of row {row} block {b}");
-            assert_eq!(scale[0], want_scale, "scale of row {row} block {b}");
-            let want_sum: i32 = want_qs.iter().map(|&q| i32::from(q)).sum();
-            assert_eq!(sum[0], want_sum, "sum of row {row} block {b}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn halves_round_away_from_zero_and_a_zero_block_stays_zero() {
-        let x = awkward_rows(1, 96);
-        let q = QuantizedRows::new(&x, 1, 96);
-        let (qs, _, _) = q.block(0, 0, 1);
-        assert_eq!(&qs[..8], &[127, 1, -1, 3, -3, 127, -2, 4]);
-        let (qs, scale, sum) = q.block(1, 0, 1);
-        assert!(qs.iter().all(|&v| v == 0));
-        assert_eq!((scale[0], sum[0]), (0.0, 0));
     }
 }
