@@ -127,23 +127,22 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
     let seg = inp.segments[item.seg];
     let (keys, values) = inp.kv[item.seg * kv_heads + item.kv_head];
     let first_head = item.kv_head * groups;
-    // Query vectors in (row, group) order; vector i belongs to row r0 + i / groups.
-    let queries: Vec<&[f32]> = (item.r0..item.r1)
-        .flat_map(|r| {
-            let q_row = &inp.q[(seg.offset + r) * inp.q_stride..];
-            (0..groups).map(move |g| &q_row[(first_head + g) * hd..][..hd])
-        })
-        .collect();
-    let lens: Vec<usize> = (0..queries.len())
-        .map(|i| seg.start + item.r0 + i / groups + 1)
-        .collect();
+    // Query vectors in (row, group) order: vector i is head `first_head + i % groups` of
+    // row r0 + i / groups, and sees that row's keys. Derived, not collected: this runs for
+    // every item of every layer of every decode step.
+    let n = (item.r1 - item.r0) * groups;
+    let query = |i: usize| {
+        let row = seg.offset + item.r0 + i / groups;
+        &inp.q[row * inp.q_stride + (first_head + i % groups) * hd..][..hd]
+    };
+    let len = |i: usize| seg.start + item.r0 + i / groups + 1;
     let stride = (seg.start + item.r1).next_multiple_of(KEYS);
-    scratch.scores.resize(queries.len() * stride, 0.0);
-    scores(&queries, &lens, keys, hd, stride, scratch);
+    scratch.scores.resize(n * stride, 0.0);
+    scores((n, query, len), keys, stride, &mut scratch.scores);
     scratch.sums.clear();
     let sqrt_hd = (hd as f32).sqrt();
-    for (i, &len) in lens.iter().enumerate() {
-        let s = &mut scratch.scores[i * stride..][..len];
+    for i in 0..n {
+        let s = &mut scratch.scores[i * stride..][..len(i)];
         scratch.sums.push(softmax_unnormalised(s, sqrt_hd));
     }
     let out_at = |i: usize| {
@@ -157,8 +156,8 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
         }
     };
     let mut i = 0;
-    while i < lens.len() {
-        let probs = |i: usize| &scratch.scores[i * stride..][..lens[i]];
+    while i < n {
+        let probs = |i: usize| &scratch.scores[i * stride..][..len(i)];
         // Three heads of one row at once share each value row's load (SmolLM2's group).
         if hd == 64 && i % groups + 3 <= groups {
             let sums = [scratch.sums[i], scratch.sums[i + 1], scratch.sums[i + 2]];
@@ -178,26 +177,26 @@ unsafe fn attend_item(inp: &AttnInputs<'_>, item: Item, scratch: &mut Scratch, o
     }
 }
 
-/// Raw scores `q · k` of every query vector against its keys `0..lens[i]`, into row i of
-/// `scratch.scores` (`stride` floats apart). Keys come in transposed blocks of KEYS (the KV
-/// cache's layout), so a score is a sum of `q[d] · kᵀ[d]` over d in order with one key per
-/// lane: no horizontal sum per key, and a score's bits depend only on its query and key,
-/// never on the block or the item it was computed in.
-fn scores(
-    queries: &[&[f32]],
-    lens: &[usize],
+/// Raw scores `q · k` of each of `n` query vectors (`query(i)`, seeing keys `0..len(i)`)
+/// into row i of `scores` (`stride` floats apart). Keys come in transposed blocks of KEYS
+/// (the KV cache's layout), so a score is a sum of `q[d] · kᵀ[d]` over d in order with one
+/// key per lane: no horizontal sum per key, and a score's bits depend only on its query and
+/// key, never on the block or the item it was computed in.
+fn scores<'q>(
+    (n, query, len): (usize, impl Fn(usize) -> &'q [f32], impl Fn(usize) -> usize),
     keys_t: &[f32],
-    hd: usize,
     stride: usize,
-    scratch: &mut Scratch,
+    scores: &mut [f32],
 ) {
+    if n == 0 {
+        return;
+    }
+    let hd = query(0).len();
     for (b, block) in keys_t.chunks_exact(hd * KEYS).enumerate() {
         let k0 = b * KEYS;
-        for (i, q) in queries.iter().enumerate() {
-            if k0 < lens[i] {
-                let dst = &mut scratch.scores[i * stride + k0..][..KEYS];
-                dst.copy_from_slice(&key_block(q, block));
-            }
+        for i in (0..n).filter(|&i| k0 < len(i)) {
+            let dst = &mut scores[i * stride + k0..][..KEYS];
+            dst.copy_from_slice(&key_block(query(i), block));
         }
     }
 }
