@@ -12,6 +12,8 @@
 # LOADGEN_ARGS: extra loadgen flags for both runs, e.g. "--concurrency 1,4,8,16".
 # DTYPE: the chat model's CPU weight format on our side (e.g. "q4_0" against a Q4_0 GGUF);
 # unset keeps the manifest's default (q8_0).
+# The model is the scenario's `model`: any manifest in models/ (installed at start if missing,
+# e.g. qwen2.5-coder-1.5b-instruct), served alone on one CPU replica.
 # Results are appended to loadtests/results/loadgen.{csv,jsonl} with a `server` label.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,11 +33,16 @@ wait_ready() { # url
     echo "server at $1 did not become ready" >&2; return 1
 }
 
-# tiergate: the chat model's batch size = slots, CPU threads = threads.
+model=$(sed -n 's/^model = "\(.*\)".*/\1/p' "$scenario")
+# tiergate: the shipped settings without their models, then the scenario's model alone with
+# batch size = slots and CPU threads = threads (every other knob at its default).
 config=$(mktemp --suffix=.toml)
-sed -e "0,/^max_batch_size = .*/s//max_batch_size = $slots/" \
-    -e "0,/threads = 0/s//threads = $threads/" \
-    ${DTYPE:+-e "0,/^# dtype = .*/s//dtype = \"$DTYPE\"/"} config/tiergate.toml > "$config"
+{
+    sed '/^\[\[models\]\]/,$d' config/tiergate.toml
+    printf '[[models]]\nname = "%s"\nmax_batch_size = %s\n' "$model" "$slots"
+    [ -n "${DTYPE:-}" ] && printf 'dtype = "%s"\n' "$DTYPE"
+    printf 'replicas = [{ device = "cpu", threads = %s }]\n' "$threads"
+} > "$config"
 # No keys (llama-server has none either): the anonymous tenant on the commercial tier, whose
 # 16 concurrent requests cover the scenarios; its ledger beside the log.
 TIERGATE_TENANCY__AUTH=off TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
@@ -50,7 +57,7 @@ echo "## tiergate (max_batch_size $slots, $threads threads)"
 kill $ours; wait $ours 2>/dev/null || true
 
 # llama-server: -c is the total context, split across -np slots; prompt cache off per request.
-"$LLAMA_SERVER" -m "$GGUF" -a smollm2-135m-instruct --host 127.0.0.1 --port "$port_peer" \
+"$LLAMA_SERVER" -m "$GGUF" -a "$model" --host 127.0.0.1 --port "$port_peer" \
     -c $((slots * 1024)) -np "$slots" -t "$threads" -tb "$threads" --metrics \
     > loadtests/results/compare-llama-server.log 2>&1 &
 peer=$!

@@ -311,7 +311,8 @@ impl ModelConfig {
 }
 
 impl Default for Config {
-    /// The embedded defaults: the two small models of `models/`, one CPU replica each.
+    /// The embedded defaults: the three models of `config/tiergate.toml` (two chat models and
+    /// an embedding model), on the CPU.
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -324,6 +325,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             models: vec![
+                ModelConfig::named("qwen2.5-coder-0.5b-instruct"),
                 ModelConfig::named("smollm2-135m-instruct"),
                 ModelConfig {
                     max_batch_size: 32,

@@ -96,10 +96,11 @@ enum KeysAction {
 
 #[derive(Subcommand)]
 enum ModelsAction {
-    /// Install every configured model's files into the cache, verifying each sha256.
-    Fetch,
-    /// Check the installed files against their manifests without downloading.
-    Verify,
+    /// Install models' files into the cache, verifying each sha256: the named ones (any
+    /// manifest `<models_dir>/NAME.toml`, served or not), else every configured model.
+    Fetch { names: Vec<String> },
+    /// Check installed files against their manifests without downloading (same choice).
+    Verify { names: Vec<String> },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,14 +176,26 @@ fn set_cpu_threads(threads: usize) {
 
 fn models_command(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
     let cache = config.cache_dir();
-    for mc in &config.models {
-        let manifest =
-            Manifest::load(&mc.manifest_path(&config.models_dir)).map_err(anyhow::Error::msg)?;
+    let (ModelsAction::Fetch { names } | ModelsAction::Verify { names }) = &action;
+    let manifests: Vec<PathBuf> = if names.is_empty() {
+        config
+            .models
+            .iter()
+            .map(|mc| mc.manifest_path(&config.models_dir))
+            .collect()
+    } else {
+        names
+            .iter()
+            .map(|n| config.models_dir.join(format!("{n}.toml")))
+            .collect()
+    };
+    for path in manifests {
+        let manifest = Manifest::load(&path).map_err(anyhow::Error::msg)?;
         let dir = match action {
-            ModelsAction::Fetch => {
+            ModelsAction::Fetch { .. } => {
                 models::fetch(&manifest, &cache, &mut |line| println!("{line}"))?
             }
-            ModelsAction::Verify => models::resolve(&manifest, &cache)?,
+            ModelsAction::Verify { .. } => models::resolve(&manifest, &cache)?,
         };
         println!("{}: ok ({})", manifest.name, dir.display());
     }

@@ -12,11 +12,13 @@ use super::{BackendError, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{NormalizerWrapper, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// GGUF `token_type` values (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_CONTROL: u32 = 3;
@@ -24,6 +26,46 @@ const TOKEN_TYPE_USER_DEFINED: u32 = 4;
 
 /// The unknown token the GPT-2 family uses when the metadata names none.
 const DEFAULT_UNK: &str = "<|endoftext|>";
+
+/// Qwen2's split before byte-level BPE (its `tokenizer.json`): contractions, letters with one
+/// leading non-letter, single digits, punctuation runs, newlines, and whitespace that leaves
+/// the last space to the next word.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The normalizer and pre-tokenizer that a GGUF's `tokenizer.ggml.pre` (llama.cpp's name for
+/// the original `tokenizer.json` pipeline) stands for.
+fn pre_tokenizer(pre: &str) -> Result<(Option<NormalizerWrapper>, PreTokenizerWrapper)> {
+    let byte_level =
+        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
+    match pre {
+        // GPT-2's split with digits one by one (SmolLM2); also files that name no pipeline.
+        "smollm" | "default" => Ok((
+            None,
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ])),
+        )),
+        "qwen2" => {
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| tok_err(format!("qwen2 split: {e}")))?;
+            Ok((
+                Some(NormalizerWrapper::NFC(NFC)),
+                PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    PreTokenizerWrapper::Split(split),
+                    byte_level(false),
+                ])),
+            ))
+        }
+        other => Err(tok_err(format!(
+            "tokenizer.ggml.pre `{other}` is not supported (served: smollm, qwen2)"
+        ))),
+    }
+}
 
 /// Facts the chat layer needs from a GGUF file besides the tokenizer itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,11 +119,15 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer> {
     }
     let bpe = bpe.build().map_err(|e| tok_err(format!("BPE: {e}")))?;
 
+    let pre = match content.metadata.get("tokenizer.ggml.pre") {
+        Some(v) => as_string(v, "tokenizer.ggml.pre")?,
+        None => "default",
+    };
+    let (normalizer, pre) = pre_tokenizer(pre)?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let pre = Sequence::new(vec![
-        PreTokenizerWrapper::Digits(Digits::new(true)),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    ]);
+    tokenizer
+        .with_normalizer(normalizer)
+        .map_err(|e| tok_err(format!("normalizer: {e}")))?;
     tokenizer.with_pre_tokenizer(Some(pre));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -228,8 +274,16 @@ fn integer(v: &Value, key: &str) -> Result<u32> {
 /// (never skips) when it is missing, saying how to get it.
 #[cfg(test)]
 pub(crate) fn test_model_path() -> std::path::PathBuf {
+    test_model_file("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// `file` of the installed model `model`; fails (never skips) when it is missing.
+#[cfg(test)]
+pub(crate) fn test_model_file(model: &str, file: &str) -> std::path::PathBuf {
     let path = crate::models::default_cache_dir()
-        .join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        .join("models")
+        .join(model)
+        .join(file);
     assert!(
         path.exists(),
         "{} is missing: run `tiergate models fetch` to download the test model",

@@ -323,13 +323,21 @@ impl Engine {
         });
         let handle = std::thread::Builder::new()
             .name(spec.replica.clone())
-            .spawn(move || match load(&spec) {
-                Ok(serve) => {
-                    tracing::info!(replica = %spec.replica, device = %spec.device, "replica ready");
+            .spawn(move || match timed(|| load(&spec)) {
+                (Ok(serve), secs) => {
+                    // Resident memory is the whole process's (replicas load side by side):
+                    // the last replica's line shows what the configured models take.
+                    tracing::info!(
+                        replica = %spec.replica,
+                        device = %spec.device,
+                        load_secs = format!("{secs:.1}"),
+                        process_rss_mb = resident_mb(),
+                        "replica ready"
+                    );
                     state_tx.send_replace(LoadState::Ready);
                     serve();
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::error!(replica = %spec.replica, error = %e, "replica failed to load");
                     state_tx.send_replace(LoadState::Failed(e.to_string()));
                 }
@@ -341,6 +349,22 @@ impl Engine {
             .push(handle);
         Ok(())
     }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = std::time::Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// The process's resident set in MB (`VmRSS`; 0 where /proc is not there).
+fn resident_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn queue_timeout(config: &Config, mc: &ModelConfig) -> Duration {
@@ -362,11 +386,12 @@ fn load_generator(spec: &LoadSpec) -> Result<Box<dyn Generator>, BackendError> {
         .file("weights")
         .ok_or_else(|| BackendError::Files("manifest lists no weights file".into()))?;
     Ok(match spec.manifest.format {
-        WeightFormat::Gguf => Box::new(llama::load_gguf(
-            &spec.dir.join(&weights.path),
-            &device,
-            &opts,
-        )?),
+        WeightFormat::Gguf => {
+            let path = spec.dir.join(&weights.path);
+            let model = llama::load_gguf(&path, &device, &opts)
+                .map_err(|e| BackendError::Files(format!("{}: {e}", path.display())))?;
+            Box::new(model)
+        }
         WeightFormat::Safetensors => {
             let dtype = float_dtype(&spec.dtype).unwrap_or(candle_core::DType::F32);
             Box::new(llama::load_safetensors(&spec.dir, &device, dtype, &opts)?)
@@ -405,6 +430,28 @@ fn check_dtype(format: WeightFormat, dtype: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The GGUF must be of the family its manifest names: a mix-up is stopped at start with the
+/// file and both names, instead of serving a model nobody reviewed.
+fn check_architecture(
+    manifest: &Manifest,
+    content: &candle_core::quantized::gguf_file::Content,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .map_or("(none)", String::as_str);
+    let expected = manifest.architecture.name();
+    if expected != arch {
+        bail!(
+            "{} is a `{arch}` GGUF, but its manifest says `{expected}`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn read_hidden_size(dir: &Path) -> anyhow::Result<usize> {
     let path = dir.join("config.json");
     let text =
@@ -435,6 +482,7 @@ impl TextAssets {
                     .with_context(|| format!("opening {}", path.display()))?;
                 let content = candle_core::quantized::gguf_file::Content::read(&mut file)
                     .with_context(|| format!("reading GGUF metadata of {}", path.display()))?;
+                check_architecture(manifest, &content, &path)?;
                 let info = gguf_tokenizer::chat_info(&content)?;
                 let tokenizer = gguf_tokenizer::tokenizer_from_gguf(&content)?;
                 (

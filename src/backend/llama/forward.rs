@@ -124,7 +124,7 @@ impl LlamaModel {
         inputs: &StepInputs<'_, '_>,
     ) -> candle_core::Result<Tensor> {
         let (heads, kv_heads, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let [q, k, v] = layer.qkv.forward_split(h)?;
+        let [q, k, v] = layer.qkv(h)?;
         let q = self.rope.apply(&q, heads, &inputs.cos, &inputs.sin)?;
         let k = self.rope.apply(&k, kv_heads, &inputs.cos, &inputs.sin)?;
         let mut outputs = Vec::with_capacity(inputs.segments.len());

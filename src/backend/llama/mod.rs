@@ -1,4 +1,4 @@
-//! Llama-family decoder with per-sequence KV slots, built from candle ops.
+//! Llama-family decoders (llama, qwen2: see `family`) with per-sequence KV slots.
 //!
 //! candle-transformers' llama models keep one KV cache for the whole batch and one position
 //! offset for all rows, so their rows must move in lockstep. Continuous batching needs the
@@ -19,15 +19,20 @@
 mod attention;
 mod config;
 mod cpu;
+mod family;
 mod forward;
 mod kv;
 mod linear;
 mod weights;
 
 #[cfg(test)]
+mod tests_family;
+#[cfg(test)]
 mod tests_gguf;
 #[cfg(test)]
 mod tests_int8;
+#[cfg(test)]
+mod tests_qwen2;
 #[cfg(test)]
 mod tests_safetensors;
 
@@ -82,7 +87,7 @@ fn int8_kernel(device: &Device) -> Option<Isa> {
     device.is_cpu().then(Isa::best_simd).flatten()
 }
 
-/// Loads a llama GGUF file (metadata keys `llama.*`).
+/// Loads a GGUF file of any family in `family::FAMILIES` (metadata keys `<arch>.*`).
 pub fn load_gguf(path: &Path, device: &Device, opts: &LlamaOptions) -> Result<LlamaModel> {
     load_gguf_with_kernel(path, device, opts, int8_kernel(device))
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::backend::gguf_tokenizer::{test_model_path, tokenizer_from_gguf};
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use std::path::{Path, PathBuf};
 
 const SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, \
@@ -77,9 +77,54 @@ pub(super) fn greedy_alone(
     (tokens, all)
 }
 
+/// candle-transformers' own forward of a family: the independent reference.
+pub(super) trait Reference {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor>;
+    fn clear_kv_cache(&mut self);
+}
+
+impl Reference for quantized_llama::ModelWeights {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        quantized_llama::ModelWeights::forward(self, x, pos)
+    }
+    fn clear_kv_cache(&mut self) {
+        quantized_llama::ModelWeights::clear_kv_cache(self)
+    }
+}
+
+impl Reference for quantized_qwen2::ModelWeights {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        quantized_qwen2::ModelWeights::forward(self, x, pos)
+    }
+    fn clear_kv_cache(&mut self) {
+        quantized_qwen2::ModelWeights::clear_kv_cache(self)
+    }
+}
+
+/// candle's forward for the GGUF at `path`, chosen by its architecture.
+pub(super) fn reference_for(path: &Path) -> Box<dyn Reference> {
+    let mut file = std::fs::File::open(path).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("header");
+    let arch = match content.metadata.get("general.architecture") {
+        Some(gguf_file::Value::String(s)) => s.clone(),
+        _ => panic!("no architecture"),
+    };
+    match arch.as_str() {
+        "llama" => Box::new(
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+                .expect("candle llama"),
+        ),
+        "qwen2" => Box::new(
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+                .expect("candle qwen2"),
+        ),
+        other => panic!("no reference forward for `{other}`"),
+    }
+}
+
 /// candle's greedy decoding: the tokens and the logits of every step.
-fn candle_greedy(
-    model: &mut ModelWeights,
+pub(super) fn candle_greedy(
+    model: &mut dyn Reference,
     prompt: &[u32],
     steps: usize,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
@@ -103,10 +148,7 @@ fn candle_greedy(
 
 #[test]
 fn greedy_tokens_match_candle_quantized_llama() {
-    let path = model_path();
-    let mut file = std::fs::File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut file).expect("header");
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
+    let mut reference = reference_for(&model_path());
     let mut ours = load(None, 3, 512);
     let prompts = [
         encode(&user_turn("What is the capital of France?")),
@@ -114,7 +156,7 @@ fn greedy_tokens_match_candle_quantized_llama() {
         chat_prompt("Name three animals."),
     ];
     for (slot, prompt) in prompts.iter().enumerate() {
-        let (want_tokens, want_logits) = candle_greedy(&mut reference, prompt, 16);
+        let (want_tokens, want_logits) = candle_greedy(reference.as_mut(), prompt, 16);
         let (tokens, logits) = greedy_alone(&mut ours, slot, prompt, 16);
         let diff = max_diff(&logits[0], &want_logits[0]);
         // Same kernels on the same weights; only the summation order of attention differs.
@@ -126,13 +168,17 @@ fn greedy_tokens_match_candle_quantized_llama() {
     }
 }
 
-/// A copy of the test model with every 2-D weight re-encoded as Q8_0, so that candle's own
-/// quantized_llama and our int8 kernel run on the same weights. Removed on drop.
-struct Q8_0Copy(PathBuf);
+/// A copy of a test model with every 2-D weight re-encoded as Q8_0, so that candle's own
+/// forward and our int8 kernel run on the same weights. Removed on drop.
+pub(super) struct Q8_0Copy(PathBuf);
 
 impl Q8_0Copy {
     fn new() -> Self {
-        let mut file = std::fs::File::open(model_path()).expect("open");
+        Self::of(&model_path())
+    }
+
+    pub(super) fn of(source: &Path) -> Self {
+        let mut file = std::fs::File::open(source).expect("open");
         let content = gguf_file::Content::read(&mut file).expect("header");
         let mut names: Vec<&String> = content.tensor_infos.keys().collect();
         names.sort();
@@ -161,7 +207,7 @@ impl Q8_0Copy {
         Self(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -241,9 +287,7 @@ fn top_margin(logits: &[f32]) -> f32 {
 #[test]
 fn int8_kernel_follows_candle_quantized_llama_on_q8_0_weights() {
     let q8 = Q8_0Copy::new();
-    let mut file = std::fs::File::open(q8.path()).expect("open");
-    let content = gguf_file::Content::read(&mut file).expect("header");
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle");
+    let mut reference = reference_for(q8.path());
     let opts = LlamaOptions {
         max_slots: 3,
         max_seq_len: 512,
@@ -257,7 +301,7 @@ fn int8_kernel_follows_candle_quantized_llama_on_q8_0_weights() {
     ];
     let mut checked = 0;
     for (slot, prompt) in prompts.iter().enumerate() {
-        let (tokens, want) = candle_greedy(&mut reference, prompt, 16);
+        let (tokens, want) = candle_greedy(reference.as_mut(), prompt, 16);
         let got = ours_forced(&mut ours, slot, prompt, &tokens);
         checked += assert_logits_follow(&got, &want, 2.5, slot);
     }

@@ -22,17 +22,22 @@ const LAYERS: usize = 2;
 /// The projection formats the int8 kernels take.
 const FORMATS: [GgmlDType; 2] = [GgmlDType::Q8_0, GgmlDType::Q4_0];
 
-/// A tiny random llama GGUF in the temp dir, removed on drop.
-struct TinyGguf(PathBuf);
+/// A tiny random GGUF of one family in the temp dir, removed on drop.
+pub(super) struct TinyGguf(pub PathBuf);
 
 impl TinyGguf {
-    /// Projections (and embeddings) in `format`.
+    /// A llama with projections (and embeddings) in `format`.
     fn new(tag: &str, format: GgmlDType) -> Self {
+        Self::of_family("llama", tag, format)
+    }
+
+    /// A model of the family `arch` (see `family::FAMILIES`).
+    pub(super) fn of_family(arch: &str, tag: &str, format: GgmlDType) -> Self {
         let path = std::env::temp_dir().join(format!(
-            "tiergate-tiny-{tag}-{format:?}-{}.gguf",
+            "tiergate-tiny-{arch}-{tag}-{format:?}-{}.gguf",
             std::process::id()
         ));
-        write_tiny(&path, format).expect("write tiny GGUF");
+        write_tiny(&path, arch, format).expect("write tiny GGUF");
         Self(path)
     }
 }
@@ -80,25 +85,37 @@ fn quantized(rows: usize, cols: usize, format: GgmlDType) -> candle_core::Result
 }
 
 fn norm() -> candle_core::Result<QTensor> {
-    let w = (Tensor::from_vec(seeded(HIDDEN, 0.2, next_salt()), HIDDEN, &Device::Cpu)? + 1.0)?;
+    vector(HIDDEN, 0.2, 1.0)
+}
+
+/// An F32 vector of `n` values around `mean` (norm weights, biases).
+fn vector(n: usize, std: f32, mean: f64) -> candle_core::Result<QTensor> {
+    let w = (Tensor::from_vec(seeded(n, std, next_salt()), n, &Device::Cpu)? + mean)?;
     QTensor::quantize(&w, GgmlDType::F32)
 }
 
-fn write_tiny(path: &Path, format: GgmlDType) -> candle_core::Result<()> {
+fn write_tiny(path: &Path, arch: &str, format: GgmlDType) -> candle_core::Result<()> {
+    let fam = super::family::family(arch).expect("a served family");
     let q = |rows, cols| quantized(rows, cols, format);
     SALT.with(|s| s.set(0));
     let u32_value = |v: usize| Value::U32(v as u32);
     let metadata = [
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.embedding_length", u32_value(HIDDEN)),
-        ("llama.attention.head_count", u32_value(HEADS)),
-        ("llama.attention.head_count_kv", u32_value(KV_HEADS)),
-        ("llama.block_count", u32_value(LAYERS)),
-        ("llama.feed_forward_length", u32_value(FFN)),
-        ("llama.context_length", u32_value(64)),
-        ("llama.rope.dimension_count", u32_value(HIDDEN / HEADS)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        (fam.key("embedding_length"), u32_value(HIDDEN)),
+        (fam.key("attention.head_count"), u32_value(HEADS)),
+        (fam.key("attention.head_count_kv"), u32_value(KV_HEADS)),
+        (fam.key("block_count"), u32_value(LAYERS)),
+        (fam.key("feed_forward_length"), u32_value(FFN)),
+        (fam.key("context_length"), u32_value(64)),
+        (fam.key("rope.dimension_count"), u32_value(HIDDEN / HEADS)),
+        (
+            fam.key("attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
+        (fam.key("rope.freq_base"), Value::F32(10_000.0)),
     ];
     let kv_width = KV_HEADS * HIDDEN / HEADS;
     let mut tensors = vec![
@@ -119,8 +136,17 @@ fn write_tiny(path: &Path, format: GgmlDType) -> candle_core::Result<()> {
             (p("ffn_up"), q(FFN, HIDDEN)?),
             (p("ffn_down"), q(HIDDEN, FFN)?),
         ]);
+        if fam.qkv_bias {
+            // Biases large enough to matter: a forward that dropped them would be caught.
+            let b = |name: &str| format!("blk.{i}.{name}.bias");
+            tensors.extend([
+                (b("attn_q"), vector(HIDDEN, 0.5, 0.0)?),
+                (b("attn_k"), vector(kv_width, 0.5, 0.0)?),
+                (b("attn_v"), vector(kv_width, 0.5, 0.0)?),
+            ]);
+        }
     }
-    let metadata: Vec<_> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let metadata: Vec<_> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     gguf_file::write(&mut file, &metadata, &tensors)

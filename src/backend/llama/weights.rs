@@ -22,6 +22,8 @@ pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
     /// q | k | v, in that order.
     pub qkv: Linear,
+    /// Biases of q, k and v, for families that have them (`Family::qkv_bias`).
+    pub qkv_bias: Option<[Tensor; 3]>,
     pub wo: Linear,
     pub ffn_norm: Tensor,
     /// gate | up, in that order.
@@ -30,6 +32,19 @@ pub(crate) struct LayerWeights {
 }
 
 impl LayerWeights {
+    /// q, k and v of `[tokens, hidden]`, biases added.
+    pub fn qkv(&self, x: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+        let [q, k, v] = self.qkv.forward_split(x)?;
+        match &self.qkv_bias {
+            None => Ok([q, k, v]),
+            Some([bq, bk, bv]) => Ok([
+                q.broadcast_add(bq)?,
+                k.broadcast_add(bk)?,
+                v.broadcast_add(bv)?,
+            ]),
+        }
+    }
+
     /// SwiGLU feed-forward on `[tokens, hidden]`.
     pub fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [gate, up] = self.gate_up.forward_split(x)?;
@@ -117,6 +132,7 @@ impl<R: Read + Seek> GgufSource<'_, R> {
         Ok(Linear::new(weights, self.place.int8)?)
     }
 
+    /// A vector (norm weight or bias) of `size`, dequantized.
     fn norm(&mut self, name: &str, size: usize) -> Result<Tensor> {
         let t = self.qtensor(name)?.dequantize(self.place.device)?;
         check_dims(name, t.dims(), &[size])?;
@@ -175,7 +191,18 @@ pub(crate) fn from_gguf<R: Read + Seek>(
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let p = |name: &str| format!("blk.{i}.{name}.weight");
+        let bias = |name: &str| format!("blk.{i}.{name}.bias");
+        let qkv_bias = if cfg.qkv_bias {
+            Some([
+                src.norm(&bias("attn_q"), q_width)?,
+                src.norm(&bias("attn_k"), kv_width)?,
+                src.norm(&bias("attn_v"), kv_width)?,
+            ])
+        } else {
+            None
+        };
         layers.push(LayerWeights {
+            qkv_bias,
             attn_norm: src.norm(&p("attn_norm"), h)?,
             qkv: src.linear(
                 &[
@@ -311,6 +338,7 @@ pub(crate) fn from_safetensors(
                 ],
                 h,
             )?,
+            qkv_bias: None,
             wo: src.linear(&[(p("self_attn.o_proj"), h)], q_width)?,
             ffn_norm: src.dense(&p("post_attention_layernorm"), &[h])?,
             gate_up: src.linear(&[(p("mlp.gate_proj"), ffn), (p("mlp.up_proj"), ffn)], h)?,

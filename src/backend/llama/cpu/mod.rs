@@ -54,6 +54,8 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// q | k | v stacked: one output row is `[q_width | kv_width | kv_width]`.
     qkv: Arc<Packed>,
+    /// Biases of q | k | v in the same layout, for families that have them.
+    qkv_bias: Option<Vec<f32>>,
     wo: Arc<Packed>,
     ffn_norm: Vec<f32>,
     /// gate | up stacked: one output row is `[ffn | ffn]`.
@@ -156,9 +158,14 @@ impl CpuForward {
             let (Some(qkv), Some(wo), Some(gate_up), Some(down)) = (qkv, wo, gate_up, down) else {
                 return Ok(None);
             };
+            let qkv_bias = match &l.qkv_bias {
+                Some(parts) => Some(Tensor::cat(parts, 0).and_then(|b| to_vec(&b))?),
+                None => None,
+            };
             layers.push(Layer {
                 attn_norm: to_vec(&l.attn_norm)?,
                 qkv,
+                qkv_bias,
                 wo,
                 ffn_norm: to_vec(&l.ffn_norm)?,
                 gate_up,
@@ -261,6 +268,9 @@ impl CpuForward {
         for (seg, r) in segments.iter().zip(rows) {
             let seg_rows = qkv[r.offset * d.qkv_width()..].chunks_exact_mut(d.qkv_width());
             for (i, row) in seg_rows.take(r.rows).enumerate() {
+                if let Some(bias) = &layer.qkv_bias {
+                    ops::add_assign(row, bias);
+                }
                 let (q, kv) = row.split_at_mut(d.q_width);
                 let (k, v) = kv.split_at_mut(d.kv_width);
                 self.rope.rotate(q, r.start + i);
