@@ -22,6 +22,7 @@ mod cpu;
 mod forward;
 mod kv;
 mod linear;
+mod transfer;
 mod weights;
 
 #[cfg(test)]
@@ -74,6 +75,8 @@ pub struct LlamaModel {
     cpu: Option<CpuForward>,
     device: Device,
     dtype: DType,
+    /// Every per-step host <-> device copy of the candle-op forward goes through it.
+    transfers: transfer::Transfers,
 }
 
 /// The int8 kernel for Q8_0 and Q4_0 projections on `device`: the fastest SIMD one this CPU
@@ -186,6 +189,7 @@ impl LlamaModel {
             cpu,
             device: device.clone(),
             dtype,
+            transfers: transfer::Transfers::new(device),
         })
     }
 

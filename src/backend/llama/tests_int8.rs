@@ -22,12 +22,12 @@ const LAYERS: usize = 2;
 /// The projection formats the int8 kernels take.
 const FORMATS: [GgmlDType; 2] = [GgmlDType::Q8_0, GgmlDType::Q4_0];
 
-/// A tiny random llama GGUF in the temp dir, removed on drop.
-struct TinyGguf(PathBuf);
+/// A tiny random llama GGUF in the temp dir, removed on drop (`transfer` tests use it too).
+pub(super) struct TinyGguf(pub PathBuf);
 
 impl TinyGguf {
     /// Projections (and embeddings) in `format`.
-    fn new(tag: &str, format: GgmlDType) -> Self {
+    pub fn new(tag: &str, format: GgmlDType) -> Self {
         let path = std::env::temp_dir().join(format!(
             "tiergate-tiny-{tag}-{format:?}-{}.gguf",
             std::process::id()
