@@ -15,6 +15,7 @@ fn qwen_server() -> &'static Server {
         config.models = tiergate::config::Config::default().models;
         config.models.retain(|m| m.name == QWEN_MODEL);
         config.models[0].replicas.truncate(1);
+        config.models[0].replicas[0].device = test_device();
         config.models[0].max_seq_len = 1024;
         spawn_server(config)
     })

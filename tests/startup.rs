@@ -6,14 +6,15 @@ use common::*;
 use std::sync::Arc;
 use tiergate::tenancy::MonotonicClock;
 
-// Without the `cuda` feature a `cuda:0` replica cannot load: a load failure every CPU build can
-// produce on demand.
-#[cfg(not(feature = "cuda"))]
+/// A GPU no machine has: without the `cuda` feature every `cuda:N` fails to load, and with it
+/// this ordinal does, so every build, with or without a GPU, can produce a load failure.
+const MISSING_GPU: &str = "cuda:99";
+
 #[tokio::test]
 async fn a_replica_that_cannot_load_names_itself_and_ready_stays_503() {
     let mut config = test_config();
     config.models.retain(|m| m.name == EMBED_MODEL);
-    config.models[0].replicas[0].device = "cuda:0".into();
+    config.models[0].replicas[0].device = MISSING_GPU.into();
     let app = tiergate::app::start(config, false, Arc::new(MonotonicClock::default()))
         .expect("start spawns the replica threads");
     let err = app

@@ -379,7 +379,7 @@ async fn every_record_splits_its_cost_and_holds_no_text() {
         (rec.grant_id.as_str(), rec.tier.as_str()),
         ("G-OPEN", "open")
     );
-    assert!(rec.device_seconds > 0.0 && rec.device == "cpu");
+    assert!(rec.device_seconds > 0.0 && rec.device == test_device());
     assert!(!serde_json::to_string(&rec).unwrap().contains(marker));
 }
 

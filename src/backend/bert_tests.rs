@@ -33,8 +33,11 @@ fn model_dir() -> PathBuf {
     dir
 }
 
+/// On the test device (`TIERGATE_TEST_DEVICE`). Everything here is f32, which candle's CUDA
+/// GEMM computes without TF32: only summation order differs from the CPU (~1e-6), so the
+/// bounds below hold on both.
 fn load_model() -> BertEmbedder {
-    load(&model_dir(), &Device::Cpu).expect("all-MiniLM-L6-v2 loads")
+    load(&model_dir(), &crate::backend::device::test_device()).expect("all-MiniLM-L6-v2 loads")
 }
 
 fn encode(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {

@@ -32,6 +32,45 @@ impl DeviceSpec {
     }
 }
 
+/// Names the device the test suites run their models on: `cpu` (unset) or `cuda:N`, so that
+/// one suite checks both (`loadtests/gpu-check.sh` runs it with `cuda:0`).
+pub const TEST_DEVICE_VAR: &str = "TIERGATE_TEST_DEVICE";
+
+impl DeviceSpec {
+    /// The device [`TEST_DEVICE_VAR`] names, `cpu` when it is unset. Only test code calls
+    /// this, so a malformed value panics: a typo must not quietly test the CPU instead.
+    pub fn for_tests() -> Self {
+        match std::env::var(TEST_DEVICE_VAR) {
+            Err(std::env::VarError::NotPresent) => DeviceSpec::Cpu,
+            Ok(text) => Self::parse(&text).unwrap_or_else(|e| panic!("{TEST_DEVICE_VAR} {e}")),
+            Err(e) => panic!("{TEST_DEVICE_VAR}: {e}"),
+        }
+    }
+}
+
+/// The opened test device for unit tests of models and ops, one instance per test binary:
+/// candle gives each `Device::new_cuda` call its own identity, and tensors of two instances
+/// cannot meet in one op, so a model and its inputs must share this one.
+///
+/// Bounds: f32 work (BERT, the safetensors llama, attention and RoPE units) keeps the CPU
+/// bounds on CUDA, where candle's f32 GEMM runs without TF32 and only summation order
+/// differs (~1e-6 on these values). Quantized GGUF weights on CUDA run candle's MMVQ/MMQ
+/// kernels, which round activations to Q8_1; tests compare two forwards on the same device
+/// and state the GPU bound where one differs (`tests_gguf`). Options that exist only on the
+/// CPU (`cpu_weight_format`, the int8 kernel, the plain-Rust forward) are tested on the CPU
+/// whatever this says.
+#[cfg(test)]
+pub(crate) fn test_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let spec = DeviceSpec::for_tests();
+            spec.open("tests")
+                .unwrap_or_else(|e| panic!("{TEST_DEVICE_VAR}={spec}: {e}"))
+        })
+        .clone()
+}
+
 impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -68,6 +107,13 @@ mod tests {
         assert_eq!(DeviceSpec::parse("cuda:1"), Ok(DeviceSpec::Cuda(1)));
         assert!(DeviceSpec::parse("cuda").is_err());
         assert!(DeviceSpec::parse("gpu:0").is_err());
+    }
+
+    #[test]
+    fn test_device_is_the_one_the_environment_names() {
+        let named = std::env::var(TEST_DEVICE_VAR).unwrap_or_else(|_| "cpu".into());
+        assert_eq!(DeviceSpec::for_tests().to_string(), named.trim());
+        assert_eq!(test_device().is_cpu(), named.trim() == "cpu");
     }
 
     #[cfg(not(feature = "cuda"))]

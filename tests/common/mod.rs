@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use tiergate::backend::device::DeviceSpec;
 use tiergate::config::{AuthMode, Config};
 use tiergate::tenancy::{Clock, MonotonicClock};
 use tiergate::AppState;
@@ -44,9 +45,16 @@ pub fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tiergate-test-{}-{n}-{name}", std::process::id()))
 }
 
+/// The device every replica of the test gateways runs on: `TIERGATE_TEST_DEVICE` (`cpu`
+/// when unset, `cuda:0` in `loadtests/gpu-check.sh`), as the config and the ledger spell it.
+pub fn test_device() -> String {
+    DeviceSpec::for_tests().to_string()
+}
+
 /// The default configuration as shipped, with a small body limit so 413 is cheap to test,
 /// the test tiers of `tests/config`, auth off (every request is `anonymous` on the `open`
-/// tier, which never limits) and a ledger of its own in a temporary SQLite file.
+/// tier, which never limits), a ledger of its own in a temporary SQLite file, and every
+/// replica on the test device.
 pub fn test_config() -> Config {
     let mut config = Config {
         models_dir: repo_path("models"),
@@ -54,6 +62,9 @@ pub fn test_config() -> Config {
     };
     // The Qwen model has tests of its own (tests/qwen.rs); the rest run on the small two.
     config.models.retain(|m| m.name != QWEN_MODEL);
+    for replica in config.models.iter_mut().flat_map(|m| &mut m.replicas) {
+        replica.device = test_device();
+    }
     config.limits.max_body_bytes = 64 * 1024;
     let t = &mut config.tenancy;
     t.auth = AuthMode::Off;

@@ -4,6 +4,7 @@
 //! matrices); only the parts that depend on a sequence's own history live here and run per
 //! sequence: RoPE at each token's own position, and attention over that sequence's keys.
 
+use super::transfer::Transfers;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Precomputed cos/sin tables, `[max_positions, head_dim / 2]`.
@@ -85,12 +86,12 @@ pub(crate) fn heads_first(x: &Tensor, t: usize, heads: usize, head_dim: usize) -
 
 /// Additive causal mask for `t` queries at positions `start..start + t` over keys
 /// `0..start + t`: query at absolute position p sees keys 0..=p. `None` for one query, which
-/// sees every stored key.
+/// sees every stored key. Built on the host and uploaded through `transfers` to its device.
 pub(crate) fn causal_mask(
     start: usize,
     t: usize,
     dtype: DType,
-    device: &Device,
+    transfers: &Transfers,
 ) -> Result<Option<Tensor>> {
     if t <= 1 {
         return Ok(None);
@@ -107,9 +108,7 @@ pub(crate) fn causal_mask(
             })
         })
         .collect();
-    Tensor::from_vec(mask, (t, len), device)?
-        .to_dtype(dtype)
-        .map(Some)
+    transfers.upload(mask, (t, len))?.to_dtype(dtype).map(Some)
 }
 
 /// Grouped-query attention of one sequence.
@@ -162,6 +161,7 @@ pub(crate) fn attend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::device::test_device;
 
     /// Plain attention with KV heads repeated per query head, as the stock models compute it.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn grouped_attention_with_offset_mask_matches_repeated_kv() -> Result<()> {
-        let dev = Device::Cpu;
+        let dev = test_device();
         let (heads, kv_heads, hd, start, t) = (6, 2, 8, 5, 3);
         let q = Tensor::randn(0f32, 1., (heads, t, hd), &dev)?;
         // Slot-like buffers with spare capacity, read through narrow views.
@@ -193,7 +193,7 @@ mod tests {
         let v_buf = Tensor::randn(0f32, 1., (kv_heads, 16, hd), &dev)?;
         let len = start + t;
         let (k, v) = (k_buf.narrow(1, 0, len)?, v_buf.narrow(1, 0, len)?);
-        let mask = causal_mask(start, t, DType::F32, &dev)?;
+        let mask = causal_mask(start, t, DType::F32, &Transfers::new(&dev))?;
         let got = attend(&q, &k, &v, mask.as_ref())?;
         let want = reference(&q, &k.contiguous()?, &v.contiguous()?, start)?;
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn per_token_rope_matches_sequence_rope() -> Result<()> {
-        let dev = Device::Cpu;
+        let dev = test_device();
         let inv_freq: Vec<f32> = (0..4).map(|i| 1.0 / 100f32.powf(i as f32 / 4.0)).collect();
         for interleaved in [true, false] {
             let rope = Rope::new(&inv_freq, 32, interleaved, DType::F32, &dev)?;

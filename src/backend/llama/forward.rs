@@ -51,7 +51,9 @@ impl LlamaModel {
         for seg in segments {
             self.slots[seg.slot].commit(seg.tokens.len());
         }
-        Ok(logits.map(|l| l.to_vec2::<f32>()).transpose()?)
+        Ok(logits
+            .map(|l| self.transfers.download_rows(&l))
+            .transpose()?)
     }
 
     fn forward(
@@ -62,7 +64,7 @@ impl LlamaModel {
         let inputs = self.step_inputs(segments)?;
         let ids: Vec<u32> = segments.iter().flat_map(|s| s.tokens).copied().collect();
         let n_tokens = ids.len();
-        let ids = Tensor::from_vec(ids, n_tokens, &self.device)?;
+        let ids = self.transfers.upload_1d(ids)?;
         let mut x = self.weights.embed.embedding(&ids)?.to_dtype(self.dtype)?;
         let eps = self.cfg.rms_norm_eps as f32;
         for (index, layer) in self.weights.layers.iter().enumerate() {
@@ -83,7 +85,7 @@ impl LlamaModel {
                 .zip(&inputs.offsets)
                 .map(|(s, off)| (off + s.tokens.len() - 1) as u32)
                 .collect();
-            x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?
+            x.index_select(&self.transfers.upload_1d(last)?, 0)?
         };
         let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, eps)?;
         let logits = self.weights.lm_head.forward(&x)?.to_dtype(DType::F32)?;
@@ -100,11 +102,11 @@ impl LlamaModel {
             offsets.push(positions.len());
             positions.extend((seg.start..seg.start + seg.tokens.len()).map(|p| p as u32));
         }
-        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        let positions = self.transfers.upload_1d(positions)?;
         let (cos, sin) = self.rope.tables_at(&positions)?;
         let masks = segments
             .iter()
-            .map(|s| causal_mask(s.start, s.tokens.len(), self.dtype, &self.device))
+            .map(|s| causal_mask(s.start, s.tokens.len(), self.dtype, &self.transfers))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(StepInputs {
             segments,

@@ -128,7 +128,9 @@ impl SlotKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::device::test_device;
 
+    /// On the test device: `slice_set` and `narrow` views are what a GPU step relies on.
     fn layout() -> KvLayout {
         KvLayout {
             n_layers: 2,
@@ -136,7 +138,7 @@ mod tests {
             head_dim: 4,
             max_seq_len: 300,
             dtype: DType::F32,
-            device: Device::Cpu,
+            device: test_device(),
         }
     }
 
@@ -146,7 +148,7 @@ mod tests {
         let mut slot = SlotKv::default();
         slot.reserve(3, &layout)?;
         assert_eq!(slot.capacity, KV_BLOCK);
-        let keys = Tensor::arange(0f32, 24., &Device::Cpu)?.reshape((2, 3, 4))?;
+        let keys = Tensor::arange(0f32, 24., &test_device())?.reshape((2, 3, 4))?;
         for layer in 0..2 {
             slot.write(layer, 0, &keys, &(&keys * 2.0)?)?;
         }

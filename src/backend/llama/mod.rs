@@ -23,6 +23,7 @@ mod family;
 mod forward;
 mod kv;
 mod linear;
+mod transfer;
 mod weights;
 
 #[cfg(test)]
@@ -79,6 +80,8 @@ pub struct LlamaModel {
     cpu: Option<CpuForward>,
     device: Device,
     dtype: DType,
+    /// Every per-step host <-> device copy of the candle-op forward goes through it.
+    transfers: transfer::Transfers,
 }
 
 /// The int8 kernel for Q8_0 and Q4_0 projections on `device`: the fastest SIMD one this CPU
@@ -191,6 +194,7 @@ impl LlamaModel {
             cpu,
             device: device.clone(),
             dtype,
+            transfers: transfer::Transfers::new(device),
         })
     }
 

@@ -25,10 +25,10 @@ fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
 fn each_family_follows_candles_own_forward_greedily() {
     for fam in FAMILIES {
         let tiny = TinyGguf::of_family(fam.arch, "family", GgmlDType::Q8_0);
-        let mut reference = reference_for(&tiny.0);
+        let mut reference = reference_for(&tiny.0, &Device::Cpu);
         let mut ours = load(&tiny, None);
         for (slot, prompt) in PROMPTS.iter().enumerate() {
-            let (want_tokens, want) = candle_greedy(reference.as_mut(), prompt, 8);
+            let (want_tokens, want) = candle_greedy(reference.as_mut(), &Device::Cpu, prompt, 8);
             let (tokens, got) = greedy_alone(&mut ours, slot, prompt, 8);
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
                 let diff = max_diff(g, w);
@@ -50,11 +50,11 @@ fn each_family_follows_candles_own_forward_greedily() {
 fn each_family_on_the_plain_cpu_forward_follows_candles_own_forward() {
     for fam in FAMILIES {
         let tiny = TinyGguf::of_family(fam.arch, "plain", GgmlDType::Q8_0);
-        let mut reference = reference_for(&tiny.0);
+        let mut reference = reference_for(&tiny.0, &Device::Cpu);
         let mut ours = load(&tiny, Some(Isa::best()));
         assert!(ours.cpu.is_some(), "{}: runs the plain forward", fam.arch);
         for (slot, prompt) in PROMPTS.iter().enumerate() {
-            let (_, want) = candle_greedy(reference.as_mut(), prompt, 1);
+            let (_, want) = candle_greedy(reference.as_mut(), &Device::Cpu, prompt, 1);
             let got = ours.prefill(slot, prompt).expect("prefill");
             let diff = max_diff(&got, &want[0]);
             assert!(diff < 1e-3, "{} prompt {slot}: {diff}", fam.arch);

@@ -1,6 +1,7 @@
 //! Tests on the real SmolLM2-135M-Instruct GGUF file.
 
 use super::*;
+use crate::backend::device::test_device;
 use crate::backend::gguf_tokenizer::{test_model_path, tokenizer_from_gguf};
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
@@ -14,13 +15,26 @@ fn model_path() -> PathBuf {
     test_model_path()
 }
 
+/// The model on the test device (`TIERGATE_TEST_DEVICE`). `format` re-encodes weights on
+/// the CPU only; a GPU runs the file's Q4_1 whatever it says.
 fn load(format: Option<GgmlDType>, max_slots: usize, max_seq_len: usize) -> LlamaModel {
+    load_on(&test_device(), format, max_slots, max_seq_len)
+}
+
+/// The model on `device`: the CPU for tests of CPU-only paths (re-encoded weights, the
+/// plain-Rust forward), which run there whatever the test device is.
+fn load_on(
+    device: &Device,
+    format: Option<GgmlDType>,
+    max_slots: usize,
+    max_seq_len: usize,
+) -> LlamaModel {
     let opts = LlamaOptions {
         max_slots,
         max_seq_len,
         cpu_weight_format: format,
     };
-    load_gguf(&model_path(), &Device::Cpu, &opts).expect("load model")
+    load_gguf(&model_path(), device, &opts).expect("load model")
 }
 
 fn encode(text: &str) -> Vec<u32> {
@@ -102,7 +116,7 @@ impl Reference for quantized_qwen2::ModelWeights {
 }
 
 /// candle's forward for the GGUF at `path`, chosen by its architecture.
-pub(super) fn reference_for(path: &Path) -> Box<dyn Reference> {
+pub(super) fn reference_for(path: &Path, device: &Device) -> Box<dyn Reference> {
     let mut file = std::fs::File::open(path).expect("open");
     let content = gguf_file::Content::read(&mut file).expect("header");
     let arch = match content.metadata.get("general.architecture") {
@@ -111,32 +125,33 @@ pub(super) fn reference_for(path: &Path) -> Box<dyn Reference> {
     };
     match arch.as_str() {
         "llama" => Box::new(
-            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
                 .expect("candle llama"),
         ),
         "qwen2" => Box::new(
-            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
                 .expect("candle qwen2"),
         ),
         other => panic!("no reference forward for `{other}`"),
     }
 }
 
-/// candle's greedy decoding: the tokens and the logits of every step.
+/// candle's greedy decoding on `device` (the model's): the tokens and the logits of every step.
 pub(super) fn candle_greedy(
     model: &mut dyn Reference,
+    device: &Device,
     prompt: &[u32],
     steps: usize,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
     model.clear_kv_cache();
-    let input = Tensor::new(prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0));
+    let input = Tensor::new(prompt, device).and_then(|t| t.unsqueeze(0));
     let first = model.forward(&input.expect("input"), 0).expect("forward");
     let first: Vec<f32> = first.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
     let mut tokens = vec![argmax(&first)];
     let mut all = vec![first];
     for step in 1..steps {
         let last = tokens[step - 1];
-        let input = Tensor::new(&[[last]], &Device::Cpu).expect("input");
+        let input = Tensor::new(&[[last]], device).expect("input");
         let pos = prompt.len() + step - 1;
         let logits = model.forward(&input, pos).expect("forward");
         let logits: Vec<f32> = logits.squeeze(0).and_then(|t| t.to_vec1()).expect("logits");
@@ -146,26 +161,37 @@ pub(super) fn candle_greedy(
     (tokens, all)
 }
 
+/// Our candle-op forward against candle's quantized_llama on the file's own weights, both on
+/// the test device: our logits fed candle's greedy tokens, at every step.
+///
+/// On the CPU both run the same kernels on the same weights and only the summation order of
+/// attention differs: within 1e-3 at every step, so the greedy tokens agree too. On CUDA
+/// the quantized matmuls round activations to Q8_1 (candle's MMVQ/MMQ) and cuBLAS may reduce
+/// our grouped attention shapes (`[kv_heads, groups, d]` against candle's repeated KV heads)
+/// in another order, so a last-bit difference can flip an 8-bit rounding and move logits by
+/// a quantization-noise sample: there the bound is the 2.5 that two CPU kernels rounding
+/// differently need (`int8_kernel_follows_candle_quantized_llama_on_q8_0_weights`).
 #[test]
 fn greedy_tokens_match_candle_quantized_llama() {
-    let mut reference = reference_for(&model_path());
+    let device = test_device();
+    let mut reference = reference_for(&model_path(), &device);
     let mut ours = load(None, 3, 512);
     let prompts = [
         encode(&user_turn("What is the capital of France?")),
         encode("The three primary colors are"),
         chat_prompt("Name three animals."),
     ];
+    let bound = if device.is_cpu() { 1e-3 } else { 2.5 };
+    let mut checked = 0;
     for (slot, prompt) in prompts.iter().enumerate() {
-        let (want_tokens, want_logits) = candle_greedy(reference.as_mut(), prompt, 16);
-        let (tokens, logits) = greedy_alone(&mut ours, slot, prompt, 16);
-        let diff = max_diff(&logits[0], &want_logits[0]);
-        // Same kernels on the same weights; only the summation order of attention differs.
-        assert!(
-            diff < 1e-3,
-            "prompt {slot}: last-position logits differ by {diff}"
-        );
-        assert_eq!(tokens, want_tokens, "prompt {slot}");
+        let (tokens, want) = candle_greedy(reference.as_mut(), &device, prompt, 16);
+        let got = ours_forced(&mut ours, slot, prompt, &tokens);
+        checked += assert_logits_follow(&got, &want, bound, slot);
     }
+    assert!(
+        checked >= 30,
+        "only {checked} of 48 steps had a clear winner"
+    );
 }
 
 /// A copy of a test model with every 2-D weight re-encoded as Q8_0, so that candle's own
@@ -287,7 +313,7 @@ fn top_margin(logits: &[f32]) -> f32 {
 #[test]
 fn int8_kernel_follows_candle_quantized_llama_on_q8_0_weights() {
     let q8 = Q8_0Copy::new();
-    let mut reference = reference_for(q8.path());
+    let mut reference = reference_for(q8.path(), &Device::Cpu);
     let opts = LlamaOptions {
         max_slots: 3,
         max_seq_len: 512,
@@ -301,7 +327,7 @@ fn int8_kernel_follows_candle_quantized_llama_on_q8_0_weights() {
     ];
     let mut checked = 0;
     for (slot, prompt) in prompts.iter().enumerate() {
-        let (tokens, want) = candle_greedy(reference.as_mut(), prompt, 16);
+        let (tokens, want) = candle_greedy(reference.as_mut(), &Device::Cpu, prompt, 16);
         let got = ours_forced(&mut ours, slot, prompt, &tokens);
         checked += assert_logits_follow(&got, &want, 2.5, slot);
     }
@@ -319,6 +345,8 @@ fn batched_decode_matches_sequences_decoded_alone() {
         encode("def fibonacci(n):"),
     ];
     let joins = [0usize, 2, 5];
+    // On CUDA (the file's Q4_1 there) a row's MMVQ dot products also sum in the same order
+    // whatever else is in the batch, so the same bound holds.
     let steps = 8;
     let mut model = load(Some(GgmlDType::Q8_0), 3, 256);
     let alone: Vec<_> = prompts
@@ -366,14 +394,14 @@ fn batched_decode_matches_sequences_decoded_alone() {
     }
 }
 
-/// Runs on f32 (dequantized) weights. With 8-bit activations (every quantized format), the
-/// last-bit differences that a different chunking causes (softmax rows of a different length
-/// sum in a different order) flip activation roundings in later layers, and the network then
+/// Runs on f32 (dequantized) weights, so on the CPU, the one device that re-encodes them.
+/// With 8-bit activations (every quantized format), the last-bit differences that a
+/// different chunking causes (softmax rows of a different length sum in a different order) flip activation roundings in later layers, and the network then
 /// lands a quantization-noise sample away (~0.5 logits for this model): not a tolerance a
 /// test can pin. Decode rows, by contrast, compute identically alone or batched (see above).
 #[test]
 fn chunked_prefill_matches_single_prefill() {
-    let mut model = load(Some(GgmlDType::F32), 2, 256);
+    let mut model = load_on(&Device::Cpu, Some(GgmlDType::F32), 2, 256);
     let prompt = chat_prompt("Write one sentence about the moon and the tides.");
     assert!(prompt.len() > 31, "three non-empty chunks");
     let whole = model.prefill(0, &prompt).expect("prefill");
@@ -407,7 +435,7 @@ fn released_slot_reused_matches_fresh_model() {
 #[test]
 fn slot_errors_are_errors_not_panics() {
     slot_errors_on(load(None, 2, 16));
-    let plain = load(Some(GgmlDType::Q8_0), 2, 16);
+    let plain = load_on(&Device::Cpu, Some(GgmlDType::Q8_0), 2, 16);
     assert!(
         plain.cpu.is_some(),
         "Q8_0 weights run the plain CPU forward"
@@ -475,7 +503,7 @@ fn answer(model: &mut LlamaModel, prompt: &[u32]) -> String {
 /// user turn, and the system-message prompt is checked at full precision.
 #[test]
 fn q8_0_model_says_paris_is_the_capital_of_france() {
-    let mut model = load(Some(GgmlDType::Q8_0), 1, 512);
+    let mut model = load_on(&Device::Cpu, Some(GgmlDType::Q8_0), 1, 512);
     let prompt = encode(&user_turn("What is the capital of France?"));
     let text = answer(&mut model, &prompt);
     assert!(text.contains("Paris"), "{text:?}");
@@ -483,7 +511,7 @@ fn q8_0_model_says_paris_is_the_capital_of_france() {
 
 #[test]
 fn f32_weights_with_default_system_message_say_paris() {
-    let mut model = load(Some(GgmlDType::F32), 1, 512);
+    let mut model = load_on(&Device::Cpu, Some(GgmlDType::F32), 1, 512);
     let prompt = chat_prompt("What is the capital of France?");
     assert_eq!(prompt.len(), 37, "llama-server counts 37 prompt tokens");
     let text = answer(&mut model, &prompt);
@@ -503,8 +531,8 @@ fn f32_weights_with_default_system_message_say_paris() {
 /// with the plain forward free-running and the candle-op forward fed its tokens.
 #[test]
 fn plain_cpu_forward_follows_the_candle_op_forward_on_the_real_model() {
-    let mut plain = load(Some(GgmlDType::Q8_0), 3, 512);
-    let mut candle = load(Some(GgmlDType::Q8_0), 3, 512).with_candle_forward();
+    let mut plain = load_on(&Device::Cpu, Some(GgmlDType::Q8_0), 3, 512);
+    let mut candle = load_on(&Device::Cpu, Some(GgmlDType::Q8_0), 3, 512).with_candle_forward();
     let prompts = [
         encode(&user_turn("What is the capital of France?")),
         encode("The three primary colors are"),
@@ -528,7 +556,7 @@ fn plain_cpu_forward_follows_the_candle_op_forward_on_the_real_model() {
 /// `chunked_prefill_matches_single_prefill`, which needs f32 weights on the candle path).
 #[test]
 fn plain_cpu_forward_chunked_batched_prefill_is_bit_identical() {
-    let mut model = load(Some(GgmlDType::Q8_0), 3, 256);
+    let mut model = load_on(&Device::Cpu, Some(GgmlDType::Q8_0), 3, 256);
     let prompt = chat_prompt("Write one sentence about the moon and the tides.");
     let whole = model.prefill(0, &prompt).expect("prefill");
     model.prefill(2, &encode("Unrelated text")).expect("other");

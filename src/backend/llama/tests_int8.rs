@@ -27,7 +27,7 @@ pub(super) struct TinyGguf(pub PathBuf);
 
 impl TinyGguf {
     /// A llama with projections (and embeddings) in `format`.
-    fn new(tag: &str, format: GgmlDType) -> Self {
+    pub fn new(tag: &str, format: GgmlDType) -> Self {
         Self::of_family("llama", tag, format)
     }
 

@@ -56,7 +56,7 @@ fn load(path: &Path, format: Option<GgmlDType>, slots: usize) -> LlamaModel {
 #[test]
 fn qwen2_matches_candle_quantized_qwen2_on_the_same_q8_0_weights() {
     let q8 = Q8_0Copy::of(&model_path());
-    let mut reference = reference_for(q8.path());
+    let mut reference = reference_for(q8.path(), &Device::Cpu);
     let opts = LlamaOptions {
         max_slots: 2,
         max_seq_len: 256,
@@ -67,7 +67,7 @@ fn qwen2_matches_candle_quantized_qwen2_on_the_same_q8_0_weights() {
     assert!(plain.cpu.is_some() || Isa::best_simd().is_none());
     let mut clear = 0;
     for (slot, prompt) in prompts().iter().enumerate() {
-        let (want_tokens, want) = candle_greedy(reference.as_mut(), prompt, 12);
+        let (want_tokens, want) = candle_greedy(reference.as_mut(), &Device::Cpu, prompt, 12);
         let (tokens, got) = greedy_alone(&mut candle_ops, slot, prompt, 12);
         let diff = max_diff(&got[0], &want[0]);
         assert!(

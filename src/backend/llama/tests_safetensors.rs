@@ -1,7 +1,8 @@
 //! The safetensors path against candle-transformers' own `llama::Llama`, on a tiny random
-//! model written to a temporary directory.
+//! model written to a temporary directory, both on the test device (f32: CPU bounds hold).
 
 use super::*;
+use crate::backend::device::test_device;
 use candle_core::Tensor;
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::llama as reference;
@@ -56,12 +57,12 @@ fn write_tiny_model(dir: &Path, json: &str) -> candle_core::Result<reference::Ll
         serde_json::from_str(json).map_err(candle_core::Error::wrap)?;
     let cfg = cfg.into_config(false);
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
     let model = reference::Llama::load(vb, &cfg)?;
     // Norm weights start at 1.0; make them random too so a mix-up between them shows.
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         if name.ends_with("norm.weight") {
-            let noise = Tensor::randn(0f32, 0.2, var.shape(), &Device::Cpu)?;
+            let noise = Tensor::randn(0f32, 0.2, var.shape(), &test_device())?;
             var.set(&(noise + 1.0)?)?;
         }
     }
@@ -93,16 +94,17 @@ fn check_against_candle_llama(tied: bool) -> candle_core::Result<()> {
     let want_model = write_tiny_model(&dir.0, &json)?;
     let cfg: reference::LlamaConfig =
         serde_json::from_str(&json).map_err(candle_core::Error::wrap)?;
-    let mut cache = reference::Cache::new(true, DType::F32, &cfg.into_config(false), &Device::Cpu)?;
+    let mut cache =
+        reference::Cache::new(true, DType::F32, &cfg.into_config(false), &test_device())?;
     let opts = LlamaOptions {
         max_slots: 2,
         max_seq_len: 64,
         cpu_weight_format: None,
     };
-    let mut ours = load_safetensors(&dir.0, &Device::Cpu, DType::F32, &opts).expect("load");
+    let mut ours = load_safetensors(&dir.0, &test_device(), DType::F32, &opts).expect("load");
 
     let prompt = [1u32, 5, 17, 42, 99, 3, 8, 64];
-    let input = Tensor::new(&prompt, &Device::Cpu)?.unsqueeze(0)?;
+    let input = Tensor::new(&prompt, &test_device())?.unsqueeze(0)?;
     let mut want: Vec<f32> = want_model
         .forward(&input, 0, &mut cache)?
         .squeeze(0)?
@@ -117,7 +119,7 @@ fn check_against_candle_llama(tied: bool) -> candle_core::Result<()> {
         );
         let next = argmax(&want);
         assert_eq!(argmax(&got), next, "tied={tied} step {step}");
-        let input = Tensor::new(&[[next]], &Device::Cpu)?;
+        let input = Tensor::new(&[[next]], &test_device())?;
         let logits = want_model.forward(&input, prompt.len() + step, &mut cache)?;
         want = logits.squeeze(0)?.to_vec1()?;
         got = ours.decode(&[(1, next)]).expect("decode").remove(0);
@@ -144,6 +146,6 @@ fn safetensors_dir_without_weights_is_a_files_error() {
         max_seq_len: 16,
         cpu_weight_format: None,
     };
-    let err = load_safetensors(&dir.0, &Device::Cpu, DType::F32, &opts).err();
+    let err = load_safetensors(&dir.0, &test_device(), DType::F32, &opts).err();
     assert!(matches!(err, Some(BackendError::Files(_))), "{err:?}");
 }
