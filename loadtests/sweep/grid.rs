@@ -123,15 +123,20 @@ mod tests {
         let config: toml::Table = toml::from_str(&text).unwrap();
         let base: toml::Table = toml::from_str(BASE).unwrap();
         let models = config["models"].as_array().unwrap();
-        assert_eq!(models[0]["name"].as_str(), Some("smollm2-135m-instruct"));
-        assert_eq!(models[0]["max_batch_size"].as_integer(), Some(8));
-        // The other model and the rest of the config are untouched.
-        assert_eq!(models[1], base["models"].as_array().unwrap()[1]);
+        let base_models = base["models"].as_array().unwrap();
+        let named = models
+            .iter()
+            .position(|m| m["name"].as_str() == Some("smollm2-135m-instruct"))
+            .expect("the model block");
+        assert_eq!(models[named]["max_batch_size"].as_integer(), Some(8));
+        // The other models and the rest of the config are untouched.
+        for (i, (m, b)) in models.iter().zip(base_models).enumerate() {
+            if i != named {
+                assert_eq!(m, b);
+            }
+        }
         assert_eq!(config["limits"], base["limits"]);
-        assert_eq!(
-            models[0]["replicas"],
-            base["models"].as_array().unwrap()[0]["replicas"]
-        );
+        assert_eq!(models[named]["replicas"], base_models[named]["replicas"]);
     }
 
     #[test]
