@@ -153,6 +153,9 @@ pub struct Limits {
     pub default_max_tokens: usize,
     /// Most inputs in one embeddings request.
     pub max_embedding_inputs: usize,
+    /// Largest `n` (choices per chat or completions request); also capped by a replica's
+    /// `max_batch_size`, since the choices of one request run side by side.
+    pub max_n: usize,
     /// Longest a request may wait in a model's queue before it is answered 503.
     pub queue_timeout_secs: u64,
     /// Longest a whole request may take; a stream past it ends with an error event.
@@ -261,6 +264,7 @@ impl Default for Limits {
             max_output_tokens: 2048,
             default_max_tokens: 256,
             max_embedding_inputs: 256,
+            max_n: 8,
             queue_timeout_secs: 30,
             request_timeout_secs: 600,
             shutdown_grace_secs: 30,

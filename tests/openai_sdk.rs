@@ -54,3 +54,13 @@ fn openai_python_sdk_retries_rate_limits_and_not_spent_budgets() {
     let server = spawn_server(config);
     run_sdk_script("test_sdk_limits.py", &[server.url("/v1"), paced, broke]);
 }
+
+/// logprobs, n, penalties, logit_bias and echo as the SDK's typed objects, on both chat models.
+#[test]
+fn openai_python_sdk_sampling_fields_on_both_chat_models() {
+    let args: Vec<String> = chat_models()
+        .iter()
+        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
+        .collect();
+    run_sdk_script("test_sdk_sampling.py", &args);
+}

@@ -4,22 +4,6 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::sync::OnceLock;
-
-/// A gateway serving only the Qwen model (its own; the shared test server serves the two
-/// small ones).
-fn qwen_server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let mut config = test_config();
-        config.models = tiergate::config::Config::default().models;
-        config.models.retain(|m| m.name == QWEN_MODEL);
-        config.models[0].replicas.truncate(1);
-        config.models[0].replicas[0].device = test_device();
-        config.models[0].max_seq_len = 1024;
-        spawn_server(config)
-    })
-}
 
 fn capital_question(stream: bool) -> Value {
     json!({

@@ -89,6 +89,9 @@ pub fn request_body(s: &Scenario, i: usize) -> Value {
     if s.stream {
         body["stream_options"] = json!({"include_usage": true});
     }
+    for (k, v) in &s.extra {
+        body[k] = v.clone();
+    }
     body
 }
 

@@ -121,6 +121,9 @@ pub struct Scenario {
     /// a worker whose requests are refused at once sends thousands per second.
     #[serde(default)]
     pub backoff_429_ms: u64,
+    /// Request fields added to every body (e.g. `logprobs`, `n`), a TOML table `[extra]`.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_stream() -> bool {
@@ -157,6 +160,7 @@ impl Default for Scenario {
             timeout_secs: default_timeout(),
             seed: 0,
             backoff_429_ms: 0,
+            extra: Default::default(),
         }
     }
 }

@@ -82,6 +82,10 @@ struct Args {
     /// longer) before its next request; 0 (default) sends the next one at once.
     #[arg(long)]
     backoff_429_ms: Option<u64>,
+    /// A JSON object of request fields added to every body, e.g. '{"n": 4}' or
+    /// '{"logprobs": true, "top_logprobs": 5}'.
+    #[arg(long, value_parser = parse_extra)]
+    extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// PID of the server under test when it runs on this machine: its CPU seconds per level
     /// are reported beside the load generator's own (Linux /proc).
     #[arg(long)]
@@ -102,6 +106,10 @@ fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
     if let Some(v) = src {
         *dst = v.clone();
     }
+}
+
+fn parse_extra(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(s).map_err(|e| format!("--extra takes a JSON object: {e}"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -129,6 +137,9 @@ impl Args {
         set(&mut s.timeout_secs, &self.timeout_secs);
         set(&mut s.seed, &self.seed);
         set(&mut s.backoff_429_ms, &self.backoff_429_ms);
+        if let Some(extra) = &self.extra {
+            s.extra.extend(extra.clone());
+        }
         if !self.prompt.is_empty() {
             (s.prompts, s.prompt_words) = (self.prompt.clone(), None);
         }
@@ -199,6 +210,8 @@ mod tests {
             "250",
             "--label",
             "server=x=y",
+            "--extra",
+            r#"{"n": 4, "logprobs": true}"#,
         ]);
         let s = args.scenario().unwrap();
         assert_eq!(
@@ -209,6 +222,8 @@ mod tests {
         assert_eq!(s.rate, [0.5, 2.0]);
         assert_eq!(s.backoff_429_ms, 250);
         assert_eq!(args.labels, [("server".to_string(), "x=y".to_string())]);
+        let body = bench::client::request_body(&s, 0);
+        assert_eq!((&body["n"], &body["logprobs"]), (&4.into(), &true.into()));
     }
 
     #[test]

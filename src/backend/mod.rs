@@ -62,6 +62,10 @@ pub trait Generator: Send {
 
     /// Forgets the sequence in `slot` so that the slot can start a new one.
     fn release(&mut self, slot: usize);
+
+    /// Makes `to` hold a copy of the sequence in `from` (what it stored so far), so that
+    /// several choices continue one prompt prefilled once. `to` may hold anything before.
+    fn copy_slot(&mut self, from: usize, to: usize) -> Result<()>;
 }
 
 /// Static facts about a loaded embedding model.

@@ -24,6 +24,27 @@ pub struct SamplingFields {
     /// Not in OpenAI's API; for benchmarks that need fixed output lengths.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Choices to generate (default 1).
+    pub n: Option<usize>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Not in OpenAI's API; vLLM's multiplicative penalty over prompt and output tokens.
+    pub repetition_penalty: Option<f32>,
+    /// Not in OpenAI's API; vLLM and llama-server accept it.
+    pub min_p: Option<f32>,
+    /// Token id (as a string key) to a bias in -100..=100.
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// Chat: a boolean; completions: how many alternatives per token (0..=20).
+    pub logprobs: Option<LogprobsField>,
+    /// Chat: alternatives per token (0..=20), with `logprobs: true`.
+    pub top_logprobs: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a boolean (chat) or an integer (completions)")]
+pub enum LogprobsField {
+    Flag(bool),
+    Count(usize),
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,12 +98,104 @@ impl SamplingFields {
         };
         // Without a seed each request draws its own; with one, the same seed gives the same text.
         let seed = self.seed.map(|s| s as u64).unwrap_or_else(rand::random);
+        let penalty = |value: Option<f32>, name: &'static str| match value {
+            None => Ok(0.0),
+            Some(p) if (-2.0..=2.0).contains(&p) => Ok(p),
+            Some(_) => Err(ApiError::invalid(
+                format!("`{name}` must be between -2 and 2"),
+                name,
+            )),
+        };
+        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        if !(repetition_penalty > 0.0 && repetition_penalty <= 2.0) {
+            return Err(ApiError::invalid(
+                "`repetition_penalty` must be in (0, 2]",
+                "repetition_penalty",
+            ));
+        }
+        let min_p = self.min_p.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid("`min_p` must be in [0, 1]", "min_p"));
+        }
         Ok(SamplingParams {
             temperature,
             top_p,
             top_k,
+            min_p,
             seed,
+            presence_penalty: penalty(self.presence_penalty, "presence_penalty")?,
+            frequency_penalty: penalty(self.frequency_penalty, "frequency_penalty")?,
+            repetition_penalty,
+            logit_bias: self.logit_bias()?.into(),
         })
+    }
+
+    /// `logit_bias` as (token, bias) pairs; whether each token exists is the model's check.
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        let mut pairs = Vec::with_capacity(map.len());
+        for (key, &bias) in map {
+            let Ok(token) = key.parse::<u32>() else {
+                return Err(ApiError::invalid(
+                    format!("`logit_bias` keys must be token ids; {key:?} is not"),
+                    "logit_bias",
+                ));
+            };
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid(
+                    format!("`logit_bias` values must be between -100 and 100; token {token} has {bias}"),
+                    "logit_bias",
+                ));
+            }
+            pairs.push((token, bias));
+        }
+        pairs.sort_unstable_by_key(|p| p.0);
+        Ok(pairs)
+    }
+
+    /// Alternatives per sampled token, when log-probabilities are asked for (chat:
+    /// `logprobs: true` + `top_logprobs`; completions: `logprobs: <int>`).
+    pub fn logprobs(&self, chat: bool) -> Result<Option<usize>, ApiError> {
+        let top_max = crate::infer::MAX_TOP_LOGPROBS;
+        let asked = match (&self.logprobs, chat) {
+            (None | Some(LogprobsField::Flag(false)), _) => None,
+            (Some(LogprobsField::Flag(true)), true) => Some(self.top_logprobs.unwrap_or(0)),
+            (Some(LogprobsField::Count(k)), false) => Some(*k),
+            (Some(_), true) => {
+                return Err(ApiError::invalid(
+                    "`logprobs` must be a boolean for chat completions; use `top_logprobs` for alternatives",
+                    "logprobs",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ApiError::invalid(
+                    format!("`logprobs` must be an integer between 0 and {top_max} for completions"),
+                    "logprobs",
+                ))
+            }
+        };
+        let param = if chat { "top_logprobs" } else { "logprobs" };
+        if asked.is_some_and(|k| k > top_max) {
+            return Err(ApiError::invalid(
+                format!("`{param}` must be between 0 and {top_max}"),
+                param,
+            ));
+        }
+        if chat && asked.is_none() && self.top_logprobs.is_some_and(|k| k > 0) {
+            return Err(ApiError::invalid(
+                "`top_logprobs` needs `logprobs: true`",
+                "top_logprobs",
+            ));
+        }
+        if chat && self.top_logprobs.is_some_and(|k| k > top_max) {
+            return Err(ApiError::invalid(
+                format!("`top_logprobs` must be between 0 and {top_max}"),
+                "top_logprobs",
+            ));
+        }
+        Ok(asked)
     }
 }
 
@@ -90,10 +203,7 @@ impl SamplingFields {
 /// value and otherwise answered with a 400 that names it, never silently ignored.
 #[derive(Debug, Default, Deserialize)]
 pub struct UnsupportedFields {
-    n: Option<u32>,
     best_of: Option<u32>,
-    logprobs: Option<Value>,
-    top_logprobs: Option<u32>,
     echo: Option<bool>,
     suffix: Option<String>,
     tools: Option<Vec<Value>>,
@@ -101,31 +211,17 @@ pub struct UnsupportedFields {
     functions: Option<Vec<Value>>,
     function_call: Option<Value>,
     response_format: Option<Value>,
-    logit_bias: Option<serde_json::Map<String, Value>>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
     audio: Option<Value>,
     prediction: Option<Value>,
 }
 
 impl UnsupportedFields {
     pub fn check(&self) -> Result<(), ApiError> {
-        let checks: [(&str, bool, &str); 14] = [
-            ("n", self.n.is_some_and(|n| n != 1), "only n=1 is served"),
+        let checks: [(&str, bool, &str); 8] = [
             (
                 "best_of",
                 self.best_of.is_some_and(|n| n != 1),
                 "only best_of=1 is served",
-            ),
-            (
-                "logprobs",
-                self.logprobs.as_ref().is_some_and(is_set),
-                "log-probabilities are not returned",
-            ),
-            (
-                "top_logprobs",
-                self.top_logprobs.is_some_and(|n| n > 0),
-                "log-probabilities are not returned",
             ),
             ("echo", self.echo == Some(true), "the prompt is not echoed"),
             (
@@ -160,21 +256,6 @@ impl UnsupportedFields {
                     .is_some_and(|f| f["type"] != "text"),
                 "only text output",
             ),
-            (
-                "logit_bias",
-                self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
-                "no logit bias",
-            ),
-            (
-                "presence_penalty",
-                self.presence_penalty.is_some_and(|p| p != 0.0),
-                "no penalties",
-            ),
-            (
-                "frequency_penalty",
-                self.frequency_penalty.is_some_and(|p| p != 0.0),
-                "no penalties",
-            ),
         ];
         for (field, used, why) in checks {
             if used {
@@ -191,10 +272,6 @@ impl UnsupportedFields {
         }
         Ok(())
     }
-}
-
-fn is_set(v: &Value) -> bool {
-    !matches!(v, Value::Null | Value::Bool(false)) && v != &Value::from(0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +395,9 @@ impl InMessage {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptField,
+    /// Show the prompt before the completion (with its log-probabilities when asked).
+    #[serde(default)]
+    pub echo: Option<bool>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

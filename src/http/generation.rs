@@ -1,10 +1,14 @@
 //! Running a generation request and shaping its output as a chat completion or a text
-//! completion, whole (JSON) or streamed (SSE ending with `data: [DONE]`).
+//! completion, whole (JSON) or streamed (SSE ending with `data: [DONE]`): one choice per
+//! `n`, each with its text, finish reason and, when asked, log-probabilities.
 
 use super::dto::Usage;
+use super::logprobs::{self, CompletionLogprobs};
 use super::meter::Meter;
 use crate::error::ApiError;
-use crate::infer::{FinishReason, GenEvent, GenStream, GenerateModel, InferError, Prepared};
+use crate::infer::{
+    FinishReason, GenEvent, GenStream, GenerateModel, InferError, Prepared, TokenLogprob,
+};
 use crate::ledger::Outcome;
 use crate::tenancy::{headers, RateStatus};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -13,6 +17,8 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
+use tokenizers::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -20,7 +26,7 @@ pub enum Shape {
     Completion,
 }
 
-/// Identity of one response, repeated in each of its chunks.
+/// Identity of one response, repeated in each of its chunks, and what it shows.
 #[derive(Debug, Clone)]
 pub struct Call {
     pub id: String,
@@ -28,6 +34,10 @@ pub struct Call {
     pub model: String,
     pub shape: Shape,
     pub include_usage: bool,
+    /// Log-probabilities were asked for.
+    pub logprobs: bool,
+    /// Completions' `echo`: the prompt's text, shown before each choice's completion.
+    pub echo: Option<String>,
 }
 
 impl Call {
@@ -42,6 +52,8 @@ impl Call {
             model: model.to_string(),
             shape,
             include_usage,
+            logprobs: false,
+            echo: None,
         }
     }
 }
@@ -72,10 +84,11 @@ pub async fn respond(
     };
     meter.running(gen.progress.clone());
     let prompt_tokens = gen.prompt_tokens;
+    let choices = Choices::new(&call, gen.n, model.tokenizer.clone());
     let mut response = if stream {
-        sse(gen, call, meter)
+        sse(gen, call, choices, meter)
     } else {
-        collect(gen, call, meter).await?
+        collect(gen, call, choices, meter).await?
     };
     headers::insert_status(response.headers_mut(), &status);
     if let Ok(v) = prompt_tokens.to_string().parse() {
@@ -84,39 +97,165 @@ pub async fn respond(
     Ok(response)
 }
 
-async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let (reason, completion) = loop {
-        match gen.next().await {
-            Some(GenEvent::Delta(t)) => text.push_str(&t),
-            Some(GenEvent::Finished {
+/// What each choice has produced and not yet shown (a stream takes it chunk by chunk).
+struct Choice {
+    text: String,
+    chat: Vec<TokenLogprob>,
+    completion: CompletionLogprobs,
+    finish: Option<FinishReason>,
+    tokens: usize,
+}
+
+struct Choices {
+    shape: Shape,
+    logprobs: bool,
+    tokenizer: Arc<Tokenizer>,
+    list: Vec<Choice>,
+}
+
+impl Choices {
+    fn new(call: &Call, n: usize, tokenizer: Arc<Tokenizer>) -> Self {
+        let list = (0..n)
+            .map(|_| Choice {
+                text: call.echo.clone().unwrap_or_default(),
+                chat: Vec::new(),
+                completion: CompletionLogprobs::default(),
+                finish: None,
+                tokens: 0,
+            })
+            .collect();
+        Choices {
+            shape: call.shape,
+            logprobs: call.logprobs,
+            tokenizer,
+            list,
+        }
+    }
+
+    /// Folds one event in; returns the choice it changed.
+    fn apply(&mut self, event: GenEvent) -> Option<usize> {
+        match event {
+            GenEvent::Prompt { first, scores } => {
+                // Echoed prompts carry their own log-probabilities, in every choice.
+                for c in &mut self.list {
+                    c.completion.push_unscored(&self.tokenizer, first);
+                    for s in &scores {
+                        c.completion.push(&self.tokenizer, s);
+                    }
+                }
+                None
+            }
+            GenEvent::Delta {
+                index,
+                text,
+                logprob,
+            } => {
+                let c = self.list.get_mut(index)?;
+                c.text.push_str(&text);
+                if let Some(lp) = logprob {
+                    match self.shape {
+                        Shape::Chat => c.chat.push(lp),
+                        Shape::Completion => c.completion.push(&self.tokenizer, &lp),
+                    }
+                }
+                Some(index)
+            }
+            GenEvent::Finished {
+                index,
                 reason,
                 completion_tokens,
-            }) => break (reason, completion_tokens),
+            } => {
+                let c = self.list.get_mut(index)?;
+                c.finish = Some(reason);
+                c.tokens = completion_tokens;
+                Some(index)
+            }
+            GenEvent::Admitted | GenEvent::Failed(_) => None,
+        }
+    }
+
+    fn completion_tokens(&self) -> usize {
+        self.list.iter().map(|c| c.tokens).sum()
+    }
+
+    /// The log-probabilities gathered for choice `i` since the last call.
+    fn take_logprobs(&mut self, i: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let c = &mut self.list[i];
+        match self.shape {
+            Shape::Chat => logprobs::chat(&self.tokenizer, &std::mem::take(&mut c.chat)),
+            Shape::Completion => c.completion.take(),
+        }
+    }
+
+    /// Choice `i` as a whole response shows it.
+    fn whole(&mut self, i: usize) -> Value {
+        let logprobs = self.take_logprobs(i);
+        let c = &self.list[i];
+        let finish = c.finish.map(FinishReason::as_str);
+        match self.shape {
+            Shape::Chat => json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": null},
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+            Shape::Completion => json!({
+                "index": i, "text": c.text, "logprobs": logprobs, "finish_reason": finish,
+            }),
+        }
+    }
+
+    /// Choice `i`'s new text (and log-probabilities) as one streamed chunk's choice.
+    fn delta(&mut self, i: usize) -> Value {
+        let logprobs = self.take_logprobs(i);
+        let c = &mut self.list[i];
+        let text = std::mem::take(&mut c.text);
+        let finish = c.finish.map(FinishReason::as_str);
+        match self.shape {
+            Shape::Chat => {
+                let delta = if text.is_empty() && finish.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                };
+                json!({"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+            }
+            Shape::Completion => {
+                json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
+            }
+        }
+    }
+}
+
+async fn collect(
+    mut gen: GenStream,
+    call: Call,
+    mut choices: Choices,
+    meter: Meter,
+) -> Result<Response, ApiError> {
+    loop {
+        match gen.next().await {
             Some(GenEvent::Failed(e)) => {
                 meter.fail(&e);
                 return Err(e.into());
             }
-            Some(GenEvent::Admitted) => {}
-            None => {
-                meter.fail(&InferError::ShuttingDown);
-                return Err(InferError::ShuttingDown.into());
+            Some(event) => {
+                choices.apply(event);
             }
+            None => break,
         }
-    };
+    }
+    if choices.list.iter().any(|c| c.finish.is_none()) {
+        meter.fail(&InferError::ShuttingDown);
+        return Err(InferError::ShuttingDown.into());
+    }
+    let completion = choices.completion_tokens();
     let bill = meter.end(Outcome::Ok, completion as u64, None);
     let usage = Usage::new(gen.prompt_tokens, completion);
-    let choice = match call.shape {
-        Shape::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": reason.as_str(),
-        }),
-        Shape::Completion => json!({
-            "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
-        }),
-    };
+    let list: Vec<Value> = (0..choices.list.len()).map(|i| choices.whole(i)).collect();
     let object = match call.shape {
         Shape::Chat => "chat.completion",
         Shape::Completion => "text_completion",
@@ -127,7 +266,7 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
         "created": call.created,
         "model": call.model,
         "system_fingerprint": null,
-        "choices": [choice],
+        "choices": list,
         "usage": usage,
     }))
     .into_response();
@@ -140,24 +279,33 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
 struct StreamState {
     gen: GenStream,
     call: Call,
+    choices: Choices,
     pending: VecDeque<Event>,
     done: bool,
     /// Taken when the stream ends; still here if the client leaves first (its drop bills).
     meter: Option<Meter>,
 }
 
-fn sse(gen: GenStream, call: Call, meter: Meter) -> Response {
+fn sse(gen: GenStream, call: Call, mut choices: Choices, meter: Meter) -> Response {
     let mut pending = VecDeque::new();
-    if call.shape == Shape::Chat {
-        pending.push_back(chunk(
-            &call,
-            Some(json!({"role": "assistant", "content": ""})),
-            None,
-        ));
+    for i in 0..gen.n {
+        // Chat opens each choice with its role; completions' echo shows the prompt first.
+        let first = match call.shape {
+            Shape::Chat => Some(json!({
+                "index": i,
+                "delta": {"role": "assistant", "content": "", "refusal": null},
+                "logprobs": null,
+                "finish_reason": null,
+            })),
+            Shape::Completion if call.echo.is_some() && !call.logprobs => Some(choices.delta(i)),
+            Shape::Completion => None,
+        };
+        pending.extend(first.map(|c| chunk(&call, c)));
     }
     let state = StreamState {
         gen,
         call,
+        choices,
         pending,
         done: false,
         meter: Some(meter),
@@ -177,41 +325,30 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
             return None;
         }
         match st.gen.next().await {
-            Some(GenEvent::Admitted) => {}
-            Some(GenEvent::Delta(text)) => {
-                let delta = match st.call.shape {
-                    Shape::Chat => json!({"content": text}),
-                    Shape::Completion => json!(text),
-                };
-                st.pending.push_back(chunk(&st.call, Some(delta), None));
-            }
-            Some(GenEvent::Finished {
-                reason,
-                completion_tokens,
-            }) => st.finish(reason, completion_tokens),
             Some(GenEvent::Failed(e)) => st.fail(e),
+            Some(event) => {
+                if let Some(i) = st.choices.apply(event) {
+                    let choice = st.choices.delta(i);
+                    st.pending.push_back(chunk(&st.call, choice));
+                }
+            }
+            None if st.choices.list.iter().all(|c| c.finish.is_some()) => st.finish(),
             None => st.fail(InferError::ShuttingDown),
         }
     }
 }
 
 impl StreamState {
-    fn finish(&mut self, reason: FinishReason, completion_tokens: usize) {
+    fn finish(&mut self) {
+        let completion_tokens = self.choices.completion_tokens();
         if let Some(meter) = self.meter.take() {
             meter.end(Outcome::Ok, completion_tokens as u64, None);
         }
         // A stream's cost is known only at its end, after the headers: the final usage
         // chunk (include_usage) and the ledger carry it.
-        let empty = match self.call.shape {
-            Shape::Chat => json!({}),
-            Shape::Completion => json!(""),
-        };
-        self.pending
-            .push_back(chunk(&self.call, Some(empty), Some(reason.as_str())));
         if self.call.include_usage {
             let usage = Usage::new(self.gen.prompt_tokens, completion_tokens);
-            let mut last = chunk_value(&self.call, None, None);
-            last["choices"] = json!([]);
+            let mut last = chunk_value(&self.call, None);
             last["usage"] = json!(usage);
             self.pending
                 .push_back(Event::default().data(last.to_string()));
@@ -232,22 +369,13 @@ impl StreamState {
     }
 }
 
-fn chunk(call: &Call, delta: Option<Value>, finish: Option<&str>) -> Event {
-    Event::default().data(chunk_value(call, delta, finish).to_string())
+fn chunk(call: &Call, choice: Value) -> Event {
+    Event::default().data(chunk_value(call, Some(choice)).to_string())
 }
 
 /// One streamed chunk. With `include_usage`, OpenAI sends `"usage": null` on every chunk but
 /// the last, which carries the totals and no choices.
-fn chunk_value(call: &Call, delta: Option<Value>, finish: Option<&str>) -> Value {
-    let choice = match (call.shape, delta) {
-        (_, None) => None,
-        (Shape::Chat, Some(d)) => {
-            Some(json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}))
-        }
-        (Shape::Completion, Some(t)) => {
-            Some(json!({"index": 0, "text": t, "logprobs": null, "finish_reason": finish}))
-        }
-    };
+fn chunk_value(call: &Call, choice: Option<Value>) -> Value {
     let object = match call.shape {
         Shape::Chat => "chat.completion.chunk",
         Shape::Completion => "text_completion",

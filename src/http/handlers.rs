@@ -54,16 +54,8 @@ pub async fn chat(
     req.unsupported.check()?;
     let prompt = PromptInput::Chat(req.messages()?);
     let stream = (req.stream, req.stream_options.as_ref());
-    generate(
-        &state,
-        &caller,
-        &req.model,
-        prompt,
-        &req.sampling,
-        Shape::Chat,
-        stream,
-    )
-    .await
+    let call = Call::new(&req.model, Shape::Chat, include_usage(stream.1));
+    generate(&state, &caller, prompt, &req.sampling, call, stream.0).await
 }
 
 pub async fn completions(
@@ -79,17 +71,23 @@ pub async fn completions(
         PromptField::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
         _ => return Err(ApiError::unsupported("prompt", "one prompt per request")),
     };
-    let stream = (req.stream, req.stream_options.as_ref());
-    generate(
-        &state,
-        &caller,
+    let mut call = Call::new(
         &req.model,
-        prompt,
-        &req.sampling,
         Shape::Completion,
-        stream,
-    )
-    .await
+        include_usage(req.stream_options.as_ref()),
+    );
+    if req.echo == Some(true) {
+        call.echo = Some(match &prompt {
+            PromptInput::Text(t) => t.clone(),
+            PromptInput::Tokens(ids) => generator(&state, &req.model)?.detokenize(ids)?,
+            PromptInput::Chat(_) => String::new(),
+        });
+    }
+    generate(&state, &caller, prompt, &req.sampling, call, req.stream).await
+}
+
+fn include_usage(options: Option<&StreamOptions>) -> bool {
+    options.is_some_and(|o| o.include_usage)
 }
 
 /// What chat and completions share once the prompt is known: validate, admit against the
@@ -97,28 +95,31 @@ pub async fn completions(
 async fn generate(
     state: &Arc<AppState>,
     caller: &Caller,
-    model_name: &str,
     prompt: PromptInput,
     fields: &SamplingFields,
-    shape: Shape,
-    (stream, options): (bool, Option<&StreamOptions>),
+    mut call: Call,
+    stream: bool,
 ) -> AppResult {
-    let model = generator(state, model_name)?;
+    let model = generator(state, &call.model)?;
+    let logprobs = fields.logprobs(call.shape == Shape::Chat)?;
+    call.logprobs = logprobs.is_some();
     let gen = GenRequest {
         prompt,
         max_tokens: fields.max_tokens(),
         sampling: fields.sampling()?,
         stop: fields.stops()?,
         ignore_eos: fields.ignore_eos,
+        n: fields.n.unwrap_or(1),
+        logprobs,
+        prompt_logprobs: logprobs.is_some() && call.echo.is_some(),
         class: caller.tenant.class,
         pool: caller.tenant.pool().map(str::to_string),
         tier: caller.tenant.tier.clone(),
     };
-    let include_usage = options.is_some_and(|o| o.include_usage);
-    let call = Call::new(model_name, shape, include_usage);
-    let mut meter = Meter::open(state, caller, model_name)?;
+    let mut meter = Meter::open(state, caller, &call.model)?;
     let prepared = model.prepare(gen).await?;
-    let status = meter.admit(prepared.prompt_tokens(), prepared.max_tokens())?;
+    // The prompt once, and every choice's output budget.
+    let status = meter.admit(prepared.prompt_tokens(), prepared.output_budget())?;
     respond(model, prepared, call, stream, meter, status).await
 }
 

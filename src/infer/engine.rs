@@ -225,6 +225,7 @@ impl Engine {
             tokenizer,
             template: assets.template.map(Arc::new),
             context_length,
+            max_n: config.limits.max_n.min(mc.max_batch_size).max(1),
             limits: config.limits.clone(),
             queue_timeout: queue_timeout(config, mc),
             queues,

@@ -4,14 +4,14 @@
 //! one decode step for every decoding sequence together. Sequences join between steps and
 //! leave (finished, stopped or cancelled) at once, freeing their slot and budget.
 
-use super::generate::{FinishReason, GenEvent, Progress};
+use super::gen_sequence::Sequence;
+use super::generate::{GenEvent, Progress};
+use super::logprobs::TokenLogprob;
 use super::policy::{BatchKnobs, SeqView, StepPlanner};
 use super::queue::ModelQueue;
-use super::sampling::{Sampler, SamplingParams};
-use super::text::{Detokenizer, StopMatcher};
+use super::sampling::SamplingParams;
 use super::InferError;
 use crate::backend::Generator;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
@@ -24,6 +24,10 @@ pub(crate) struct GenJob {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Choices; each takes a slot, all admitted together.
+    pub n: usize,
+    pub logprobs: Option<usize>,
+    pub prompt_logprobs: bool,
     pub enqueued: std::time::Instant,
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
@@ -37,9 +41,14 @@ pub(crate) struct GenJob {
 }
 
 impl GenJob {
-    /// KV budget the request reserves while it runs.
-    pub fn cost(&self) -> usize {
+    /// KV budget one choice reserves while it runs.
+    pub fn choice_cost(&self) -> usize {
         self.prompt.len() + self.max_tokens
+    }
+
+    /// KV budget the request reserves while it runs: every choice holds its own copy.
+    pub fn cost(&self) -> usize {
+        self.choice_cost() * self.n
     }
 }
 
@@ -49,34 +58,6 @@ pub(crate) struct WorkerContext {
     pub eos_ids: Vec<u32>,
     pub queue: Arc<ModelQueue<GenJob>>,
     pub knobs: BatchKnobs,
-}
-
-/// A live sequence in a slot.
-struct Sequence {
-    slot: usize,
-    prompt: Vec<u32>,
-    /// Prompt tokens already in the KV cache.
-    prefilled: usize,
-    cost: usize,
-    events: mpsc::Sender<GenEvent>,
-    sampler: Sampler,
-    detok: Detokenizer,
-    stop: StopMatcher,
-    max_tokens: usize,
-    ignore_eos: bool,
-    generated: usize,
-    last: u32,
-    done: bool,
-    /// The client went away (a send failed or the channel is closed): a cancelled slot.
-    cancelled: bool,
-    progress: Arc<Progress>,
-    class: usize,
-    tier: String,
-    span: tracing::Span,
-    enqueued: Instant,
-    admitted: Instant,
-    /// When the previous token was sampled (inter-token latency).
-    last_token_at: Instant,
 }
 
 /// Free slots and KV budget of one replica.
@@ -156,8 +137,9 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
         } else {
             Vec::new()
         };
+        let mut choices = Vec::new();
         for &(i, n) in &plan.prefill {
-            let took = prefill_chunk(model, ctx, &mut live[i], n);
+            let took = prefill_chunk(model, ctx, &mut live[i], n, &mut choices);
             metrics.busy.inc_by(took.as_secs_f64());
         }
         if let Some((took, rows)) = decode_step(model, ctx, &mut live, &decoders) {
@@ -165,15 +147,20 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             metrics.step.observe(took.as_secs_f64());
             metrics.batch.observe(rows as f64);
         }
+        // New choices decode from the next step on.
+        live.append(&mut choices);
         live.retain(|seq| {
-            let keep = !seq.done && !seq.events.is_closed();
+            let keep = seq.live();
             if seq.cancelled || (!seq.done && seq.events.is_closed()) {
                 metrics.cancelled.inc();
             }
             if !keep {
-                ctx.queue.lock().ended(seq.class, now_ms());
-                model.release(seq.slot);
-                cap.free_slots.push(seq.slot);
+                // Its own slot and any still held for choices it never started.
+                for &slot in std::iter::once(&seq.slot).chain(&seq.reserved) {
+                    ctx.queue.lock().ended(seq.class, now_ms());
+                    model.release(slot);
+                    cap.free_slots.push(slot);
+                }
                 cap.free_tokens += seq.cost;
             }
             keep
@@ -206,74 +193,123 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
         !job.events.is_closed()
     });
     while !cap.free_slots.is_empty() {
-        let Some(job) = queue.pop_fitting(cap.free_tokens, now_ms()) else {
+        // A request takes a slot per choice, all at once, or waits as one unit.
+        let (tokens, slots) = (cap.free_tokens, cap.free_slots.len());
+        let Some(job) = queue.pop_if(now_ms(), |cost, job: &GenJob| {
+            cost <= tokens && job.n <= slots
+        }) else {
             break;
         };
         if job.events.try_send(GenEvent::Admitted).is_err() {
             continue;
         }
-        let Some(slot) = cap.free_slots.pop() else {
-            break;
-        };
-        // Counted from here until the sequence leaves `live` (then `ended`).
-        queue.started(job.class);
+        let taken = cap.free_slots.split_off(slots - job.n);
+        // Counted from here until each slot is freed (then `ended`).
+        for _ in &taken {
+            queue.started(job.class);
+        }
         cap.free_tokens -= job.cost();
         let waited = now.saturating_duration_since(job.enqueued);
         job.progress.admitted(replica, waited);
-        live.push(Sequence {
-            slot,
-            cost: job.cost(),
-            prompt: job.prompt,
-            prefilled: 0,
-            events: job.events,
-            sampler: Sampler::new(job.sampling),
-            detok: Detokenizer::new(),
-            stop: StopMatcher::new(job.stop),
-            max_tokens: job.max_tokens,
-            ignore_eos: job.ignore_eos,
-            generated: 0,
-            last: 0,
-            done: false,
-            cancelled: false,
-            progress: job.progress,
-            class: job.class,
-            tier: job.tier,
-            span: job.span,
-            enqueued: job.enqueued,
-            admitted: now,
-            last_token_at: now,
-        });
-        let seq = live.last().expect("just pushed");
+        let (slot, reserved) = (taken[taken.len() - 1], taken[..taken.len() - 1].to_vec());
+        let seq = Sequence::first(job, slot, reserved, now);
         tracing::debug!(parent: &seq.span, slot, waited_ms = waited.as_millis() as u64, "admitted to a slot");
+        live.push(seq);
     }
 }
 
+/// Prompt tokens per step of a sequence whose prompt log-probabilities are asked for: they
+/// are fed one position at a time, and the other sequences should not wait for a long run.
+const SCORED_CHUNK: usize = 32;
+
 /// Feeds the next `n` prompt tokens; the chunk that completes the prompt yields the first
-/// output token. Returns the model time it took.
+/// output token of each choice (the other choices start here, from a copy of the prompt's
+/// KV, into `choices`). Returns the model time it took.
 fn prefill_chunk(
     model: &mut dyn Generator,
     ctx: &WorkerContext,
     seq: &mut Sequence,
     n: usize,
+    choices: &mut Vec<Sequence>,
 ) -> Duration {
-    if seq.done || seq.events.is_closed() {
+    if !seq.live() {
         return Duration::ZERO;
     }
-    let chunk = &seq.prompt[seq.prefilled..seq.prefilled + n];
+    let n = if seq.prompt_logprobs {
+        n.min(SCORED_CHUNK)
+    } else {
+        n
+    };
     let started = Instant::now();
-    let result = guarded(|| model.prefill(seq.slot, chunk));
+    let result = if seq.prompt_logprobs {
+        prefill_scored(model, seq, n)
+    } else {
+        let chunk = &seq.prompt[seq.prefilled..seq.prefilled + n];
+        guarded(|| model.prefill(seq.slot, chunk))
+    };
+    let result = result.and_then(|logits| {
+        seq.prefilled += n;
+        if seq.prefilled < seq.prompt.len() {
+            return Ok(None);
+        }
+        let per_choice = seq.cost / (seq.reserved.len() + 1);
+        for (i, slot) in std::mem::take(&mut seq.reserved).into_iter().enumerate() {
+            let copied = guarded(|| model.copy_slot(seq.slot, slot));
+            // Owned by the new choice from here, released with it.
+            choices.push(seq.sibling(i + 1, slot, per_choice));
+            copied?;
+        }
+        Ok(Some(logits))
+    });
     let took = started.elapsed();
     seq.progress.add_device_time(took.as_nanos() as u64);
     match result {
-        Ok(logits) => {
-            seq.prefilled += n;
-            if seq.prefilled == seq.prompt.len() {
-                seq.accept(ctx, &logits);
+        Ok(Some(logits)) => {
+            if seq.prompt_logprobs {
+                let scores = std::mem::take(&mut seq.prompt_scores);
+                let first = seq.prompt[0];
+                seq.send(GenEvent::Prompt { first, scores });
+            }
+            seq.accept(ctx, &logits);
+            for choice in choices
+                .iter_mut()
+                .filter(|c| c.events.same_channel(&seq.events))
+            {
+                choice.accept(ctx, &logits);
             }
         }
-        Err(e) => seq.fail(&ctx.name, e),
+        Ok(None) => {}
+        Err(e) => {
+            seq.fail(&ctx.name, e);
+            for choice in choices
+                .iter_mut()
+                .filter(|c| c.events.same_channel(&seq.events))
+            {
+                choice.done = true;
+            }
+        }
     }
     took
+}
+
+/// Feeds `n` prompt tokens one position at a time, keeping each position's log-probability
+/// of the prompt token that follows it. Returns the logits after the last one.
+fn prefill_scored(
+    model: &mut dyn Generator,
+    seq: &mut Sequence,
+    n: usize,
+) -> Result<Vec<f32>, String> {
+    let mut logits = Vec::new();
+    for pos in seq.prefilled..seq.prefilled + n {
+        let token = seq.prompt[pos];
+        logits = guarded(|| model.decode(&[(seq.slot, token)]))?
+            .pop()
+            .ok_or("decode returned no logits")?;
+        if let (Some(&next), Some(top)) = (seq.prompt.get(pos + 1), seq.logprobs) {
+            seq.prompt_scores.push(TokenLogprob::of(&logits, next, top));
+        }
+    }
+    Ok(logits)
 }
 
 /// One decode step for the sequences at `indices` (those decoding when the step was planned).
@@ -287,7 +323,7 @@ fn decode_step(
     let active: Vec<usize> = indices
         .iter()
         .copied()
-        .filter(|&i| !live[i].done && !live[i].events.is_closed())
+        .filter(|&i| live[i].live())
         .collect();
     if active.is_empty() {
         return None;
@@ -338,79 +374,6 @@ fn guarded<T>(f: impl FnOnce() -> crate::backend::Result<T>) -> Result<T, String
                 || "panic in the model".to_string(),
                 |s| format!("panic in the model: {s}"),
             )),
-    }
-}
-
-impl Sequence {
-    /// Samples the next token from `logits` and reports what it completes.
-    fn accept(&mut self, ctx: &WorkerContext, logits: &[f32]) {
-        let token = self.sampler.sample(logits);
-        self.generated += 1;
-        self.progress.generated.fetch_add(1, Ordering::Relaxed);
-        self.observe_token(&ctx.name);
-        self.last = token;
-        if !self.ignore_eos && ctx.eos_ids.contains(&token) {
-            let tail = self.stop.flush();
-            self.send(GenEvent::Delta(tail));
-            return self.finish(FinishReason::Stop);
-        }
-        let text = self.detok.push(&ctx.tokenizer, token);
-        let step = self.stop.push(&text);
-        self.send(GenEvent::Delta(step.emit));
-        if step.stopped {
-            self.finish(FinishReason::Stop);
-        } else if self.generated >= self.max_tokens {
-            let tail = self.stop.flush();
-            self.send(GenEvent::Delta(tail));
-            self.finish(FinishReason::Length);
-        }
-    }
-
-    /// TTFT and inter-token latency, measured here at the step that sampled the token.
-    fn observe_token(&mut self, model: &str) {
-        let m = crate::metrics::get();
-        let now = Instant::now();
-        let labels = [model, self.tier.as_str()];
-        if self.generated == 1 {
-            m.ttft
-                .with_label_values(&labels)
-                .observe(now.duration_since(self.enqueued).as_secs_f64());
-            m.prefill_time
-                .with_label_values(&labels)
-                .observe(now.duration_since(self.admitted).as_secs_f64());
-        } else {
-            m.itl
-                .with_label_values(&labels)
-                .observe(now.duration_since(self.last_token_at).as_secs_f64());
-        }
-        self.last_token_at = now;
-    }
-
-    fn finish(&mut self, reason: FinishReason) {
-        tracing::debug!(parent: &self.span, tokens = self.generated, reason = reason.as_str(), "sequence finished");
-        self.send(GenEvent::Finished {
-            reason,
-            completion_tokens: self.generated,
-        });
-        self.done = true;
-    }
-
-    fn fail(&mut self, model: &str, detail: String) {
-        tracing::error!(model, slot = self.slot, error = %detail, "generation failed");
-        self.send(GenEvent::Failed(InferError::Backend(detail)));
-        self.done = true;
-    }
-
-    /// The channel has room for every event (see `submit`); a failed send means the client
-    /// is gone, which ends the sequence like a cancellation.
-    fn send(&mut self, event: GenEvent) {
-        if matches!(&event, GenEvent::Delta(t) if t.is_empty()) {
-            return;
-        }
-        if self.events.try_send(event).is_err() {
-            self.done = true;
-            self.cancelled = true;
-        }
     }
 }
 

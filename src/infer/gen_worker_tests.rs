@@ -3,6 +3,7 @@
 use super::*;
 use crate::backend::GeneratorSpec;
 use crate::infer::policy::FairQueue;
+use crate::infer::FinishReason;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokenizers::models::wordlevel::WordLevel;
@@ -51,6 +52,10 @@ impl Generator for Counting {
             .collect())
     }
     fn release(&mut self, _slot: usize) {}
+    fn copy_slot(&mut self, _from: usize, _to: usize) -> crate::backend::Result<()> {
+        self.calls.lock().unwrap().order.push('c');
+        Ok(())
+    }
 }
 
 fn tokenizer() -> Arc<Tokenizer> {
@@ -64,7 +69,7 @@ fn tokenizer() -> Arc<Tokenizer> {
 }
 
 fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>) {
-    let (tx, rx) = mpsc::channel(max_tokens + 2);
+    let (tx, rx) = mpsc::channel(8 * (max_tokens + 2) + 2);
     let job = GenJob {
         prompt,
         max_tokens,
@@ -74,6 +79,9 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         },
         stop: Vec::new(),
         ignore_eos: false,
+        n: 1,
+        logprobs: None,
+        prompt_logprobs: false,
         enqueued: std::time::Instant::now(),
         queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         events: tx,
@@ -152,6 +160,7 @@ fn finish_of(events: &[GenEvent]) -> Option<(FinishReason, usize)> {
         GenEvent::Finished {
             reason,
             completion_tokens,
+            ..
         } => Some((*reason, *completion_tokens)),
         _ => None,
     })
@@ -187,8 +196,8 @@ fn eos_ends_with_stop_and_is_not_shown() {
     let text: String = events
         .iter()
         .filter_map(|e| {
-            if let GenEvent::Delta(t) = e {
-                Some(t.as_str())
+            if let GenEvent::Delta { text, .. } = e {
+                Some(text.as_str())
             } else {
                 None
             }
@@ -263,4 +272,80 @@ fn waiting_prefill_is_deferred_by_the_configured_decode_steps() {
     k.max_decode_steps_before_prefill = 2;
     let calls = run_with(vec![a, b], k);
     assert!(calls.order.starts_with("pddpdddpd"), "{}", calls.order);
+}
+
+/// Each choice's (finish reason, tokens) and text, by index.
+fn choices_of(events: &[GenEvent]) -> HashMap<usize, (Option<(FinishReason, usize)>, String)> {
+    let mut out: HashMap<usize, (Option<(FinishReason, usize)>, String)> = HashMap::new();
+    for e in events {
+        match e {
+            GenEvent::Delta { index, text, .. } => out.entry(*index).or_default().1 += text,
+            GenEvent::Finished {
+                index,
+                reason,
+                completion_tokens,
+            } => out.entry(*index).or_default().0 = Some((*reason, *completion_tokens)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn n_choices_share_one_prefill_and_copy_its_kv() {
+    let (mut a, mut ra) = job(vec![1, 2, 3], 3);
+    a.n = 3;
+    let calls = run_with(vec![a], knobs(4));
+    // One prefill, two copies, then the three choices decode together.
+    assert_eq!(calls.prefill_chunks, vec![3]);
+    assert!(calls.order.starts_with("pccd"), "{}", calls.order);
+    assert_eq!(calls.batch_sizes, vec![3, 3]);
+    let choices = choices_of(&drain(&mut ra));
+    assert_eq!(choices.len(), 3);
+    for (finish, text) in choices.values() {
+        assert_eq!(*finish, Some((FinishReason::Length, 3)));
+        assert_eq!(text, "t4 t5 t6");
+    }
+}
+
+#[test]
+fn a_request_waits_until_all_its_choices_get_slots() {
+    let (a, _ra) = job(vec![1], 6);
+    let (mut b, mut rb) = job(vec![2], 2);
+    b.n = 2;
+    // Two slots: `a` holds one, so `b` (two choices) waits for `a` to finish.
+    let calls = run_with(vec![a, b], knobs(2));
+    assert_eq!(calls.prefill_chunks, vec![1, 1]);
+    assert!(calls.batch_sizes.iter().all(|&rows| rows <= 2));
+    let order = &calls.order;
+    let first_copy = order.find('c').expect("b copied its prompt");
+    // `a` decoded its 5 steps alone before `b` was admitted.
+    assert_eq!(&order[..first_copy], "pdddddp", "{order}");
+    assert_eq!(choices_of(&drain(&mut rb)).len(), 2);
+}
+
+#[test]
+fn prompt_logprobs_score_every_prompt_token_after_the_first() {
+    let (mut a, mut ra) = job(vec![3, 4, 9], 1);
+    a.logprobs = Some(1);
+    a.prompt_logprobs = true;
+    let calls = run_with(vec![a], knobs(1));
+    // Fed one position at a time.
+    assert_eq!(calls.order, "ddd");
+    let events = drain(&mut ra);
+    let scores = events
+        .iter()
+        .find_map(|e| match e {
+            GenEvent::Prompt { first, scores } => {
+                assert_eq!(*first, 3);
+                Some(scores.clone())
+            }
+            _ => None,
+        })
+        .expect("a Prompt event");
+    // The fake predicts last + 1: token 4 after 3 is likely, 9 after 4 is not.
+    let tokens: Vec<u32> = scores.iter().map(|s| s.token).collect();
+    assert_eq!(tokens, [4, 9]);
+    assert!(scores[0].logprob > scores[1].logprob);
+    assert_eq!(scores[1].top[0].0, 5);
 }

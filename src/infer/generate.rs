@@ -2,6 +2,7 @@
 //! and hand back a stream of events.
 
 use super::gen_worker::GenJob;
+use super::logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 use super::queue::{Pools, Refused};
 use super::{blocking, InferError, SamplingParams};
 use crate::backend::chat_template::{ChatMessage, ChatTemplate};
@@ -33,6 +34,13 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks with fixed output lengths).
     pub ignore_eos: bool,
+    /// Choices to generate from the one prompt (1..=the model's `max_n`).
+    pub n: usize,
+    /// Log-probabilities of each sampled token with this many alternatives (0..=20);
+    /// None: not computed.
+    pub logprobs: Option<usize>,
+    /// Also the log-probabilities of the prompt's tokens (completions' `echo`).
+    pub prompt_logprobs: bool,
     /// Scheduling class (the tenancy layer maps tiers to classes); 0 by default.
     pub class: usize,
     /// The dedicated tier whose replicas must run it; None: the shared replicas.
@@ -58,13 +66,27 @@ impl FinishReason {
     }
 }
 
-/// Events from the worker to one request, in order: `Admitted`, any number of `Delta`, then
-/// exactly one of `Finished` or `Failed`.
+/// Events from the worker to one request, in order: `Admitted`, then `Prompt` if asked, then
+/// for each choice (interleaved by `index`) any number of `Delta` and one `Finished`; or a
+/// `Failed` at any point, which ends the request.
 #[derive(Debug)]
 pub enum GenEvent {
     Admitted,
-    Delta(String),
+    /// The prompt's first token and the log-probabilities of the ones after it
+    /// (`prompt_logprobs`).
+    Prompt {
+        first: u32,
+        scores: Vec<TokenLogprob>,
+    },
+    /// New text of choice `index` (possibly empty while a stop sequence or a multi-byte
+    /// character is pending) and the sampled token's log-probability, when asked.
+    Delta {
+        index: usize,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
     Finished {
+        index: usize,
         reason: FinishReason,
         completion_tokens: usize,
     },
@@ -129,8 +151,14 @@ impl Prepared {
         self.prompt.len()
     }
 
+    /// Output budget of one choice.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Output budget of the whole request (every choice), what limits reserve.
+    pub fn output_budget(&self) -> usize {
+        self.max_tokens * self.req.n
     }
 
     /// Sets the scheduling class (the tenant's tier).
@@ -144,6 +172,9 @@ impl Prepared {
 pub struct GenStream {
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// Choices; the stream ends after as many `Finished` events.
+    pub n: usize,
+    finished: usize,
     pub progress: Arc<Progress>,
     rx: mpsc::Receiver<GenEvent>,
     deadline: Instant,
@@ -203,8 +234,11 @@ impl GenStream {
             Ok(Some(event)) => {
                 match &event {
                     GenEvent::Finished { .. } => {
-                        self.ended = true;
-                        bump(&self.counters.finished);
+                        self.finished += 1;
+                        if self.finished == self.n {
+                            self.ended = true;
+                            bump(&self.counters.finished);
+                        }
                     }
                     GenEvent::Failed(_) => self.ended = true,
                     _ => {}
@@ -232,6 +266,8 @@ pub struct GenerateModel {
     pub template: Option<Arc<ChatTemplate>>,
     /// Longest prompt + output, the smaller of the model's context and a slot's capacity.
     pub context_length: usize,
+    /// Largest `n`: the configured `max_n`, capped by a replica's slots.
+    pub max_n: usize,
     pub(crate) limits: Limits,
     pub(crate) queue_timeout: Duration,
     pub(crate) queues: Pools<GenJob>,
@@ -248,6 +284,7 @@ impl Drop for GenerateModel {
 impl GenerateModel {
     /// Tokenizes the prompt and checks every bound: 400 for a prompt that cannot fit.
     pub async fn prepare(&self, req: GenRequest) -> Result<Prepared, InferError> {
+        self.check_choices(&req)?;
         let prompt = self.tokenize(req.prompt.clone(), true).await?;
         let max_tokens = self.check_lengths(prompt.len(), req.max_tokens)?;
         Ok(Prepared {
@@ -273,8 +310,10 @@ impl GenerateModel {
             req,
         } = prepared;
         // Room for every event the request can produce, so the worker's sends never block
-        // a batch: one delta per token at most, plus Admitted and the final event.
-        let (tx, mut rx) = mpsc::channel(max_tokens + 2);
+        // a batch: per choice one delta per token and a final event at most, plus
+        // Admitted and Prompt.
+        let n = req.n;
+        let (tx, mut rx) = mpsc::channel(n * (max_tokens + 2) + 2);
         let queue_timeout = self.queue_timeout;
         let progress = Arc::new(Progress::default());
         let job = GenJob {
@@ -283,6 +322,9 @@ impl GenerateModel {
             sampling: req.sampling,
             stop: req.stop,
             ignore_eos: req.ignore_eos,
+            n,
+            logprobs: req.logprobs,
+            prompt_logprobs: req.prompt_logprobs,
             enqueued: std::time::Instant::now(),
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
@@ -340,6 +382,8 @@ impl GenerateModel {
         Ok(GenStream {
             prompt_tokens,
             max_tokens,
+            n,
+            finished: 0,
             progress,
             rx,
             deadline: Instant::now() + timeout,
@@ -410,6 +454,36 @@ impl GenerateModel {
             )),
             None => Ok(ids),
         }
+    }
+
+    /// `n` and `top_logprobs` within what this model serves; nothing else reaches a replica.
+    fn check_choices(&self, req: &GenRequest) -> Result<(), InferError> {
+        if req.n == 0 || req.n > self.max_n {
+            return Err(InferError::invalid(
+                format!(
+                    "n is {}; this model serves 1 to {} choices per request",
+                    req.n, self.max_n
+                ),
+                "n",
+            ));
+        }
+        let vocab = self.tokenizer.get_vocab_size(true) as u32;
+        if let Some((bad, _)) = req.sampling.logit_bias.iter().find(|(t, _)| *t >= vocab) {
+            return Err(InferError::invalid(
+                format!(
+                    "logit_bias names token {bad}, which is not a token id of this model (0 to {})",
+                    vocab - 1
+                ),
+                "logit_bias",
+            ));
+        }
+        if req.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(InferError::invalid(
+                format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"),
+                "top_logprobs",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the prompt against the context and returns the output budget.

@@ -6,8 +6,10 @@
 
 mod embed;
 mod engine;
+mod gen_sequence;
 mod gen_worker;
 mod generate;
+pub mod logprobs;
 pub mod policy;
 mod queue;
 pub mod sampling;
@@ -20,6 +22,7 @@ pub use generate::{
     Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, Prepared, Progress,
     PromptInput,
 };
+pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;
 

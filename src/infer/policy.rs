@@ -126,6 +126,12 @@ impl<T> FairQueue<T> {
     /// The next request to admit, if the fair pick fits in `free_tokens` of KV budget and
     /// does not take a slot held for a class about to come back (`now_ms`: a monotonic clock).
     pub fn pop_fitting(&mut self, free_tokens: usize, now_ms: u64) -> Option<T> {
+        self.pop_if(now_ms, |cost, _| cost <= free_tokens)
+    }
+
+    /// [`Self::pop_fitting`] with the caller's test of whether the fair pick fits (its KV
+    /// cost and the item itself, e.g. the slots an n > 1 request needs at once).
+    pub fn pop_if(&mut self, now_ms: u64, fits: impl FnOnce(usize, &T) -> bool) -> Option<T> {
         let c = self.fair_pick()?;
         let weights: Vec<f64> = self.classes.iter().map(|k| k.weight).collect();
         let waiting: Vec<bool> = self.classes.iter().map(|k| !k.items.is_empty()).collect();
@@ -133,8 +139,8 @@ impl<T> FairQueue<T> {
             return None;
         }
         let class = &mut self.classes[c];
-        let &(cost, _) = class.items.front()?;
-        if cost > free_tokens {
+        let (cost, item) = class.items.front()?;
+        if !fits(*cost, item) {
             return None;
         }
         let (cost, item) = class.items.pop_front()?;

@@ -151,6 +151,26 @@ pub fn server() -> &'static Server {
     SERVER.get_or_init(|| spawn_server(test_config()))
 }
 
+/// A gateway of this test binary serving only the Qwen model (the shared one serves the two
+/// small ones), with one replica.
+pub fn qwen_server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let mut config = test_config();
+        config.models = tiergate::config::Config::default().models;
+        config.models.retain(|m| m.name == QWEN_MODEL);
+        config.models[0].replicas.truncate(1);
+        config.models[0].replicas[0].device = test_device();
+        config.models[0].max_seq_len = 1024;
+        spawn_server(config)
+    })
+}
+
+/// Both chat models, each with the gateway that serves it.
+pub fn chat_models() -> [(&'static Server, &'static str); 2] {
+    [(server(), CHAT_MODEL), (qwen_server(), QWEN_MODEL)]
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))

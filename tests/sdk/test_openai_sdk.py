@@ -83,8 +83,8 @@ def main(base_url: str) -> None:
         check(e.status_code == 404 and e.body.get("code") == "model_not_found", f"NotFoundError: {e.body}")
 
     try:
-        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], n=2)
-        check(False, "n=2 raises")
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], n=99)
+        check(False, "n above the cap raises")
     except openai.BadRequestError as e:
         check(e.body.get("param") == "n", f"BadRequestError names the param: {e.body}")
 

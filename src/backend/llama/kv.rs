@@ -115,6 +115,21 @@ impl SlotKv {
         self.len += t;
     }
 
+    /// A copy with its own buffers: `write` updates tensors in place, so sharing them
+    /// between two sequences would mix their KV.
+    pub fn deep_copy(&self) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.copy()?, v.copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(SlotKv {
+            len: self.len,
+            capacity: self.capacity,
+            layers,
+        })
+    }
+
     /// Forgets the sequence; keeps modest buffers for reuse.
     pub fn reset(&mut self) {
         self.len = 0;

@@ -308,6 +308,27 @@ impl Generator for LlamaModel {
             })
     }
 
+    fn copy_slot(&mut self, from: usize, to: usize) -> Result<()> {
+        let bad = |slot: usize| BackendError::Slot {
+            slot,
+            reason: format!("no such slot (have {})", self.spec.max_slots),
+        };
+        for slot in [from, to] {
+            self.slot_len(slot).ok_or_else(|| bad(slot))?;
+        }
+        if from == to {
+            return Ok(());
+        }
+        match &mut self.cpu {
+            Some(cpu) => cpu.copy_slot(from, to),
+            None => {
+                let copy = self.slots[from].deep_copy()?;
+                self.slots[to] = copy;
+            }
+        }
+        Ok(())
+    }
+
     fn release(&mut self, slot: usize) {
         let released = match &mut self.cpu {
             Some(cpu) => cpu.release(slot),

@@ -27,14 +27,14 @@ pub(crate) struct KvDims {
 
 /// One layer's keys `[kv_heads, blocks, head_dim, KEY_BLOCK]` and values
 /// `[kv_heads, capacity, head_dim]`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct LayerKv {
     keys: Vec<f32>,
     values: Vec<f32>,
 }
 
-/// One sequence's keys and values for every layer.
-#[derive(Debug, Default)]
+/// One sequence's keys and values for every layer. `Clone` copies them (n > 1 choices).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct CpuSlotKv {
     len: usize,
     capacity: usize,

@@ -202,6 +202,11 @@ impl CpuForward {
         &self.slots
     }
 
+    /// `to` becomes a copy of `from` (both exist; the caller checks).
+    pub fn copy_slot(&mut self, from: usize, to: usize) {
+        self.slots[to] = self.slots[from].clone();
+    }
+
     pub fn release(&mut self, slot: usize) -> bool {
         self.slots.get_mut(slot).map(CpuSlotKv::reset).is_some()
     }
