@@ -5,19 +5,10 @@
 
 use super::family::FAMILIES;
 use super::tests_gguf::{candle_greedy, greedy_alone, max_diff, reference_for};
-use super::tests_int8::TinyGguf;
+use super::tests_int8::{load, TinyGguf};
 use super::*;
 
 const PROMPTS: [&[u32]; 2] = [&[1, 5, 9, 42, 7, 3], &[99, 0, 64, 12]];
-
-fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
-    let opts = LlamaOptions {
-        max_slots: 2,
-        max_seq_len: 64,
-        cpu_weight_format: None,
-    };
-    load_gguf_with_kernel(&tiny.0, &Device::Cpu, &opts, int8).expect("load tiny model")
-}
 
 /// Our candle-op forward on candle's own Q8_0 matmul: the same kernels as the reference, so
 /// only attention's summation order differs (measured max diff printed on failure).
@@ -92,4 +83,33 @@ fn an_unserved_architecture_stops_the_load_naming_it() {
         .to_string();
     let _ = std::fs::remove_file(&path);
     assert!(err.contains("`gemma3` is not supported"), "{err}");
+}
+
+/// n > 1 choices start from a copy of one prefilled slot: the copy continues exactly as the
+/// source would, and what either appends later never reaches the other. Both forwards.
+#[test]
+fn a_copied_slot_continues_exactly_like_its_source() {
+    let tiny = TinyGguf::of_family(FAMILIES[0].arch, "copy", GgmlDType::Q8_0);
+    for int8 in [None, Some(Isa::best())] {
+        let mut model = load(&tiny, int8);
+        let prompt = PROMPTS[0];
+        model.prefill(0, prompt).unwrap();
+        model.copy_slot(0, 1).unwrap();
+        // The copy diverges first; the source must not see it.
+        // One row per step, so both sides run the same shapes and must agree bit for bit.
+        let copy_rows = model.decode(&[(1, 7)]).unwrap();
+        model.decode(&[(1, 8)]).unwrap();
+        let source_rows = model.decode(&[(0, 7)]).unwrap();
+        assert_eq!(copy_rows[0], source_rows[0], "int8 {int8:?}");
+        let mut fresh = load(&tiny, int8);
+        fresh.prefill(0, prompt).unwrap();
+        let mut alone = fresh.decode(&[(0, 7)]).unwrap();
+        alone.extend(fresh.decode(&[(0, 9)]).unwrap());
+        let after = model.decode(&[(0, 9)]).unwrap();
+        assert_eq!(
+            after[0], alone[1],
+            "int8 {int8:?}: the copy's tokens reached the source"
+        );
+        assert!(model.copy_slot(0, 5).is_err());
+    }
 }

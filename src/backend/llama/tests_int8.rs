@@ -152,7 +152,9 @@ fn write_tiny(path: &Path, arch: &str, format: GgmlDType) -> candle_core::Result
     gguf_file::write(&mut file, &metadata, &tensors)
 }
 
-fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
+/// A tiny model on the CPU with two slots; `int8` picks the plain-Rust forward's kernel
+/// (None: the candle-op forward).
+pub(super) fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
     let opts = LlamaOptions {
         max_slots: 2,
         max_seq_len: 64,
