@@ -69,10 +69,17 @@ async fn prompt_longer_than_the_context_is_400_context_length_exceeded() {
         "/v1/completions",
         json!({"model": CHAT_MODEL, "prompt": text}),
         400,
-        None,
+        Some("prompt"),
     )
     .await;
     assert_eq!(e["code"], "context_length_exceeded");
+}
+
+#[tokio::test]
+async fn empty_completion_prompt_is_400_naming_prompt() {
+    // An empty list of token ids is an empty prompt.
+    let empty = json!({"model": CHAT_MODEL, "prompt": []});
+    expect_error("/v1/completions", empty, 400, Some("prompt")).await;
 }
 
 #[tokio::test]
