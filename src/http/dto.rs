@@ -1,6 +1,7 @@
 //! Request bodies of the OpenAI API, the parts of them every generation endpoint shares, and
 //! the checks that turn unsupported features into a 400 naming the field.
 
+pub use super::messages::{chat_messages, InMessage};
 use crate::backend::chat_template::ChatMessage;
 use crate::error::ApiError;
 use crate::infer::SamplingParams;
@@ -216,101 +217,10 @@ pub struct ChatRequest {
     pub unsupported: UnsupportedFields,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct InMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-    #[serde(default)]
-    pub tool_calls: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
 impl ChatRequest {
     /// The conversation as plain-text messages for the chat template.
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         chat_messages(&self.messages)
-    }
-}
-
-/// The conversation as plain-text messages for the chat template.
-pub fn chat_messages(messages: &[InMessage]) -> Result<Vec<ChatMessage>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "`messages` must not be empty",
-            "messages",
-        ));
-    }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| m.flatten(i))
-        .collect()
-}
-
-impl InMessage {
-    fn flatten(&self, i: usize) -> Result<ChatMessage, ApiError> {
-        let role = match self.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            "tool" | "function" => {
-                return Err(ApiError::unsupported(
-                    &format!("messages[{i}].role"),
-                    "no tool messages",
-                ))
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!("unknown role {other:?}"),
-                    &format!("messages[{i}].role"),
-                ))
-            }
-        };
-        if self.tool_calls.is_some() {
-            return Err(ApiError::unsupported(
-                &format!("messages[{i}].tool_calls"),
-                "no tool calling",
-            ));
-        }
-        let content = match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for (j, part) in parts.iter().enumerate() {
-                    match (part.kind.as_str(), &part.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        _ => {
-                            let param = format!("messages[{i}].content[{j}]");
-                            return Err(ApiError::unsupported(
-                                &param,
-                                "only text parts are served",
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-        };
-        Ok(ChatMessage {
-            role: role.to_string(),
-            content,
-        })
     }
 }
 

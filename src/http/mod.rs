@@ -8,6 +8,7 @@ mod dto;
 mod extract;
 mod generation;
 mod handlers;
+mod messages;
 mod meter;
 
 pub use admin::metrics_text;
