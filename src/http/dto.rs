@@ -1,6 +1,7 @@
 //! Request bodies of the OpenAI API, the parts of them every generation endpoint shares, and
 //! the checks that turn unsupported features into a 400 naming the field.
 
+use super::extract::{read, RequestBody};
 pub use super::messages::{chat_messages, InMessage};
 use crate::backend::chat_template::ChatMessage;
 use crate::error::ApiError;
@@ -28,7 +29,7 @@ pub struct SamplingFields {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of strings")]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
@@ -204,6 +205,7 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The parts marked `skip` are read from the same body by `RequestBody::from_json`.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
@@ -211,10 +213,21 @@ pub struct ChatRequest {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub unsupported: UnsupportedFields,
+}
+
+impl RequestBody for ChatRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let core: ChatRequest = read(body)?;
+        Ok(ChatRequest {
+            sampling: read(body)?,
+            unsupported: read(body)?,
+            ..core
+        })
+    }
 }
 
 impl ChatRequest {
@@ -224,6 +237,7 @@ impl ChatRequest {
     }
 }
 
+/// The parts marked `skip` are read from the same body by `RequestBody::from_json`.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
@@ -231,16 +245,30 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub unsupported: UnsupportedFields,
+}
+
+impl RequestBody for CompletionRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let core: CompletionRequest = read(body)?;
+        Ok(CompletionRequest {
+            sampling: read(body)?,
+            unsupported: read(body)?,
+            ..core
+        })
+    }
 }
 
 /// OpenAI allows a string, token ids, or a list of either; a list means one completion per
 /// prompt, which we refuse like `n > 1` unless it holds exactly one prompt.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of integers or an array of arrays of integers"
+)]
 pub enum PromptField {
     Text(String),
     Tokens(Vec<u32>),
@@ -261,8 +289,13 @@ pub struct EmbeddingRequest {
     pub truncate: bool,
 }
 
+impl RequestBody for EmbeddingRequest {}
+
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of integers or an array of arrays of integers"
+)]
 pub enum EmbeddingInput {
     Text(String),
     Tokens(Vec<u32>),
@@ -279,6 +312,8 @@ pub struct TokenizeRequest {
     pub add_special_tokens: bool,
 }
 
+impl RequestBody for TokenizeRequest {}
+
 fn yes() -> bool {
     true
 }
@@ -288,6 +323,8 @@ pub struct DetokenizeRequest {
     pub model: String,
     pub tokens: Vec<u32>,
 }
+
+impl RequestBody for DetokenizeRequest {}
 
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Usage {

@@ -16,7 +16,7 @@ pub struct InMessage {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of content parts")]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
