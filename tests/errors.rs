@@ -92,6 +92,7 @@ async fn wrong_types_are_400_naming_the_field_path_in_api_words() {
         (CHAT, third_content_is_a_number, "messages[2].content"),
         (CHAT, chat_with("stream", json!("yes")), "stream"),
         (CHAT, chat_with("n", json!("two")), "n"),
+        (CHAT, chat_with("user", json!(7)), "user"),
         (
             COMPLETIONS,
             json!({"model": CHAT_MODEL, "prompt": {}}),
@@ -121,6 +122,28 @@ async fn wrong_types_are_400_naming_the_field_path_in_api_words() {
         }
     }
     assert_still_serving(server()).await;
+}
+
+#[tokio::test]
+async fn store_true_is_400_naming_store() {
+    let body = chat_with("store", json!(true));
+    let e = expect_error(CHAT, body, 400, Some("store")).await;
+    assert_eq!(e["code"], "unsupported_parameter");
+}
+
+#[tokio::test]
+async fn assistant_tool_calls_that_are_not_empty_are_400_naming_them() {
+    let call =
+        json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+    let body = chat_with(
+        "messages",
+        json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "user", "content": "and?"},
+        ]),
+    );
+    expect_error(CHAT, body, 400, Some("messages[1].tool_calls")).await;
 }
 
 #[tokio::test]

@@ -1,13 +1,17 @@
 //! Request bodies of the OpenAI API, the parts of them every generation endpoint shares, and
 //! the checks that turn unsupported features into a 400 naming the field.
+//!
+//! Every field OpenAI's spec marks nullable is an `Option` (or reads `null` as its default),
+//! so `null` always means "absent".
 
 use super::extract::{read, RequestBody};
 pub use super::messages::{chat_messages, InMessage};
 use crate::backend::chat_template::ChatMessage;
 use crate::error::ApiError;
 use crate::infer::SamplingParams;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Most stop sequences one request may give (OpenAI allows 4; we are a little kinder).
 const MAX_STOPS: usize = 16;
@@ -199,9 +203,45 @@ fn is_set(v: &Value) -> bool {
     !matches!(v, Value::Null | Value::Bool(false)) && v != &Value::from(0)
 }
 
+/// Fields of OpenAI's API that change nothing here. They are read so that a wrong type is a
+/// 400 like anywhere else, then ignored; only `store: true` asks for something we refuse.
+#[derive(Debug, Default, Deserialize)]
+#[expect(dead_code, reason = "read to check their types")]
+pub struct IgnoredFields {
+    /// OpenAI's end-user id for abuse monitoring; tenants are known by their API keys.
+    pub user: Option<String>,
+    pub metadata: Option<HashMap<String, String>>,
+    pub store: Option<bool>,
+    /// Any tier is served the same way.
+    pub service_tier: Option<String>,
+    /// Meaningless without tools, which `UnsupportedFields` refuses.
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl IgnoredFields {
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.store == Some(true) {
+            return Err(ApiError::unsupported(
+                "store",
+                "requests and their output are not kept",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `null` as the type's default, for fields that are not `Option`s.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
 }
 
@@ -210,13 +250,15 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<InMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     #[serde(skip)]
     pub sampling: SamplingFields,
     #[serde(skip)]
     pub unsupported: UnsupportedFields,
+    #[serde(skip)]
+    pub ignored: IgnoredFields,
 }
 
 impl RequestBody for ChatRequest {
@@ -225,6 +267,7 @@ impl RequestBody for ChatRequest {
         Ok(ChatRequest {
             sampling: read(body)?,
             unsupported: read(body)?,
+            ignored: read(body)?,
             ..core
         })
     }
@@ -242,13 +285,15 @@ impl ChatRequest {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptField,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     #[serde(skip)]
     pub sampling: SamplingFields,
     #[serde(skip)]
     pub unsupported: UnsupportedFields,
+    #[serde(skip)]
+    pub ignored: IgnoredFields,
 }
 
 impl RequestBody for CompletionRequest {
@@ -257,6 +302,7 @@ impl RequestBody for CompletionRequest {
         Ok(CompletionRequest {
             sampling: read(body)?,
             unsupported: read(body)?,
+            ignored: read(body)?,
             ..core
         })
     }

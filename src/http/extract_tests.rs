@@ -90,6 +90,8 @@ fn fields_of_the_shared_parts_keep_their_path() {
     assert_eq!(e.param.as_deref(), Some("n"));
     let e = error_for::<ChatRequest>(chat(json!({"logit_bias": [1]})));
     assert_eq!(e.param.as_deref(), Some("logit_bias"));
+    let e = error_for::<ChatRequest>(chat(json!({"metadata": {"k": 1}})));
+    assert_eq!(e.param.as_deref(), Some("metadata.k"));
 }
 
 #[test]
@@ -111,4 +113,42 @@ fn a_body_that_is_not_an_object_has_no_param() {
         e.message,
         "Invalid type for the request body: expected an object, but got an array instead."
     );
+}
+
+#[test]
+fn null_reads_as_absent_in_every_part() {
+    let nulls = [
+        "stream",
+        "stream_options",
+        "stop",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "seed",
+        "n",
+        "user",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "metadata",
+        "store",
+        "service_tier",
+    ];
+    let mut body = chat(json!({}));
+    for field in nulls {
+        body[field] = Value::Null;
+    }
+    body["messages"][0]["name"] = Value::Null;
+    body["messages"][0]["tool_calls"] = Value::Null;
+    body["messages"][0]["refusal"] = Value::Null;
+    let req = ChatRequest::from_json(&body).expect("nulls are absent");
+    assert!(!req.stream);
+    assert!(req.unsupported.check().is_ok() && req.ignored.check().is_ok());
 }

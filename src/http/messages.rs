@@ -9,10 +9,15 @@ use serde_json::Value;
 #[derive(Debug, Deserialize)]
 pub struct InMessage {
     pub role: String,
-    #[serde(default)]
     pub content: Option<Content>,
-    #[serde(default)]
-    pub tool_calls: Option<Value>,
+    /// Only an empty list is served (no tool calling yet).
+    pub tool_calls: Option<Vec<Value>>,
+    /// A participant's name; the chat templates have no place for it, so it is ignored.
+    #[expect(dead_code, reason = "read to check its type")]
+    pub name: Option<String>,
+    /// An assistant's earlier refusal, sent back in the history; ignored.
+    #[expect(dead_code, reason = "read to check its type")]
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,7 +69,11 @@ impl InMessage {
                 ))
             }
         };
-        if self.tool_calls.is_some() {
+        if self
+            .tool_calls
+            .as_ref()
+            .is_some_and(|calls| !calls.is_empty())
+        {
             return Err(ApiError::unsupported(
                 &format!("messages[{i}].tool_calls"),
                 "no tool calling",
