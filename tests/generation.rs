@@ -328,3 +328,48 @@ async fn assistant_message_with_empty_tool_calls_is_accepted() {
     let (status, resp) = post(server(), "/v1/chat/completions", body).await;
     assert_eq!(status, 200, "{resp}");
 }
+
+#[tokio::test]
+async fn chat_answers_carry_refusal_null_whole_and_in_the_first_delta() {
+    let (status, whole) = post(server(), "/v1/chat/completions", chat_body("hi", 2)).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(
+        whole["choices"][0]["message"].get("refusal"),
+        Some(&Value::Null)
+    );
+    let mut body = chat_body("hi", 2);
+    body["stream"] = json!(true);
+    let (status, events) = post_stream(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 200);
+    let first: Value = serde_json::from_str(&events[0]).expect("JSON chunk");
+    let delta = &first["choices"][0]["delta"];
+    assert_eq!(delta.get("refusal"), Some(&Value::Null), "{first}");
+}
+
+#[tokio::test]
+async fn usage_carries_zero_cached_and_reasoning_token_details() {
+    let details = |usage: &Value| {
+        assert_eq!(
+            usage["prompt_tokens_details"],
+            json!({"cached_tokens": 0}),
+            "{usage}"
+        );
+        assert_eq!(
+            usage["completion_tokens_details"],
+            json!({"reasoning_tokens": 0}),
+            "{usage}"
+        );
+    };
+    let (_, chat) = post(server(), "/v1/chat/completions", chat_body("hi", 2)).await;
+    details(&chat["usage"]);
+    let body = json!({"model": CHAT_MODEL, "prompt": "a", "max_tokens": 2});
+    let (_, completion) = post(server(), "/v1/completions", body).await;
+    details(&completion["usage"]);
+    let mut body = chat_body("hi", 2);
+    body["stream"] = json!(true);
+    // vLLM's per-chunk usage flag is accepted and ignored.
+    body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+    let (_, events) = post_stream(server(), "/v1/chat/completions", body).await;
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).expect("usage chunk");
+    details(&last["usage"]);
+}

@@ -372,11 +372,25 @@ pub struct DetokenizeRequest {
 
 impl RequestBody for DetokenizeRequest {}
 
+/// A response's `usage`. The details are always zero (no prompt cache, no reasoning
+/// tokens) but present, as OpenAI's SDKs and dashboards read them.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: usize,
 }
 
 impl Usage {
@@ -385,6 +399,8 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails::default(),
+            completion_tokens_details: CompletionTokensDetails::default(),
         }
     }
 }

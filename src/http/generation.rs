@@ -109,7 +109,7 @@ async fn collect(mut gen: GenStream, call: Call, meter: Meter) -> Result<Respons
     let choice = match call.shape {
         Shape::Chat => json!({
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": {"role": "assistant", "content": text, "refusal": null},
             "logprobs": null,
             "finish_reason": reason.as_str(),
         }),
@@ -151,7 +151,7 @@ fn sse(gen: GenStream, call: Call, meter: Meter) -> Response {
     if call.shape == Shape::Chat {
         pending.push_back(chunk(
             &call,
-            Some(json!({"role": "assistant", "content": ""})),
+            Some(json!({"role": "assistant", "content": "", "refusal": null})),
             None,
         ));
     }
