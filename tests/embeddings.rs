@@ -140,3 +140,11 @@ async fn empty_input_is_rejected() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(error_of(&body)["param"], "input");
 }
+
+#[tokio::test]
+async fn null_encoding_format_and_dimensions_read_as_absent() {
+    let body = json!({"model": EMBED_MODEL, "input": "x", "encoding_format": null, "dimensions": null, "user": null});
+    let (status, resp) = post(server(), "/v1/embeddings", body).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(vectors(&resp)[0].len(), 384, "floats, full size");
+}

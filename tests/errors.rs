@@ -41,16 +41,116 @@ async fn malformed_json_is_400() {
     assert_still_serving(server()).await;
 }
 
+const CHAT: &str = "/v1/chat/completions";
+const COMPLETIONS: &str = "/v1/completions";
+
 #[tokio::test]
-async fn missing_field_is_422_naming_it() {
-    let e = expect_error(
-        "/v1/chat/completions",
-        json!({"model": CHAT_MODEL}),
-        422,
-        Some("messages"),
-    )
-    .await;
-    assert_eq!(e["type"], "invalid_request_error");
+async fn missing_required_fields_are_400_naming_them() {
+    for (path, body, field) in [
+        (CHAT, json!({"model": CHAT_MODEL}), "messages"),
+        (CHAT, json!({"messages": []}), "model"),
+        (COMPLETIONS, json!({"model": CHAT_MODEL}), "prompt"),
+        ("/v1/embeddings", json!({"model": EMBED_MODEL}), "input"),
+    ] {
+        let (status, resp) = post(server(), path, body).await;
+        assert_eq!(status, 400, "{path}: {resp}");
+        let e = error_of(&resp);
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["param"], field, "{resp}");
+        assert_eq!(e["code"], "missing_required_parameter");
+    }
+    assert_still_serving(server()).await;
+}
+
+/// Words of Rust and serde that an error message must never show a client.
+const RUST_WORDS: [&str; 8] = [
+    "usize", "u32", "i64", "f32", "untagged", "enum", "struct", "Request",
+];
+
+/// A small chat request with `field` set to `value`.
+fn chat_with(field: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut body = chat_body("hi", 2);
+    body[field] = value;
+    body
+}
+
+#[tokio::test]
+async fn wrong_types_are_400_naming_the_field_path_in_api_words() {
+    let third_content_is_a_number = chat_with(
+        "messages",
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "user", "content": 5},
+        ]),
+    );
+    let cases = [
+        (CHAT, chat_with("max_tokens", json!(-1)), "max_tokens"),
+        (CHAT, chat_with("max_tokens", json!("ten")), "max_tokens"),
+        (CHAT, chat_with("temperature", json!("hot")), "temperature"),
+        (CHAT, chat_with("messages", json!("hi")), "messages"),
+        (CHAT, third_content_is_a_number, "messages[2].content"),
+        (CHAT, chat_with("stream", json!("yes")), "stream"),
+        (CHAT, chat_with("n", json!("two")), "n"),
+        (CHAT, chat_with("user", json!(7)), "user"),
+        (
+            COMPLETIONS,
+            json!({"model": CHAT_MODEL, "prompt": {}}),
+            "prompt",
+        ),
+        (
+            COMPLETIONS,
+            json!({"model": CHAT_MODEL, "prompt": "x", "stop": 3}),
+            "stop",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBED_MODEL, "input": true}),
+            "input",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let (status, resp) = post(server(), path, body).await;
+        assert_eq!(status, 400, "{path} {param}: {resp}");
+        let e = error_of(&resp);
+        assert_eq!(e["type"], "invalid_request_error", "{resp}");
+        assert_eq!(e["param"], param, "{resp}");
+        let message = e["message"].as_str().unwrap_or("");
+        assert!(message.contains(&format!("'{param}'")), "{resp}");
+        for word in RUST_WORDS {
+            assert!(!message.contains(word), "{word:?} in {resp}");
+        }
+    }
+    assert_still_serving(server()).await;
+}
+
+#[tokio::test]
+async fn store_true_is_400_naming_store() {
+    let body = chat_with("store", json!(true));
+    let e = expect_error(CHAT, body, 400, Some("store")).await;
+    assert_eq!(e["code"], "unsupported_parameter");
+}
+
+#[tokio::test]
+async fn assistant_tool_calls_that_are_not_empty_are_400_naming_them() {
+    let call =
+        json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+    let body = chat_with(
+        "messages",
+        json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "user", "content": "and?"},
+        ]),
+    );
+    expect_error(CHAT, body, 400, Some("messages[1].tool_calls")).await;
+}
+
+#[tokio::test]
+async fn empty_completion_prompt_is_400_naming_prompt() {
+    // An empty list of token ids is an empty prompt.
+    let empty = json!({"model": CHAT_MODEL, "prompt": []});
+    expect_error(COMPLETIONS, empty, 400, Some("prompt")).await;
 }
 
 #[tokio::test]
@@ -69,7 +169,7 @@ async fn prompt_longer_than_the_context_is_400_context_length_exceeded() {
         "/v1/completions",
         json!({"model": CHAT_MODEL, "prompt": text}),
         400,
-        None,
+        Some("prompt"),
     )
     .await;
     assert_eq!(e["code"], "context_length_exceeded");

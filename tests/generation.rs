@@ -243,3 +243,133 @@ async fn health_and_ready_answer_200_once_loaded() {
         assert_eq!(resp.status(), 200, "{path}");
     }
 }
+
+/// The top-level fields OpenAI's spec marks nullable, per endpoint (OpenAI's spec has no
+/// `max_completion_tokens` for completions; it is ours as well).
+const CHAT_NULLS: &str = "stream stream_options stop temperature top_p max_tokens seed n user \
+    logprobs top_logprobs presence_penalty frequency_penalty logit_bias response_format tools \
+    tool_choice parallel_tool_calls metadata store service_tier";
+const COMPLETION_NULLS: &str = "stream stream_options stop temperature top_p \
+    max_completion_tokens seed n user logprobs presence_penalty frequency_penalty logit_bias \
+    suffix echo best_of";
+
+/// `body` with each of the space-separated `fields` set to `null`.
+fn with_nulls(mut body: Value, fields: &str) -> Value {
+    for field in fields.split_whitespace() {
+        body[field] = Value::Null;
+    }
+    body
+}
+
+#[tokio::test]
+async fn every_null_the_spec_allows_reads_as_absent_in_chat() {
+    let body = json!({
+        "model": CHAT_MODEL,
+        "messages": [
+            {"role": "user", "content": "hi", "name": null},
+            {"role": "assistant", "content": null, "tool_calls": null, "refusal": null},
+            {"role": "user", "content": "hi again"},
+        ],
+        // The one length field left set keeps the answer short.
+        "max_completion_tokens": 2,
+    });
+    let (status, resp) = post(
+        server(),
+        "/v1/chat/completions",
+        with_nulls(body, CHAT_NULLS),
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["object"], "chat.completion", "not streamed: {resp}");
+}
+
+#[tokio::test]
+async fn every_null_the_spec_allows_reads_as_absent_in_completions() {
+    let body = json!({"model": CHAT_MODEL, "prompt": "1, 2, 3,", "max_tokens": 2});
+    let body = with_nulls(body, COMPLETION_NULLS);
+    let (status, resp) = post(server(), "/v1/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["object"], "text_completion", "not streamed: {resp}");
+}
+
+#[tokio::test]
+async fn fields_that_change_nothing_here_are_accepted() {
+    let body = json!({
+        "model": CHAT_MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief.", "name": "rules"},
+            {"role": "user", "content": "hi", "name": "ada"},
+            {"role": "assistant", "content": "", "refusal": "I can't help with that."},
+            {"role": "user", "content": "hi again"},
+        ],
+        "max_completion_tokens": 2,
+        "user": "user-1234",
+        "metadata": {"project": "demo"},
+        "store": false,
+        "service_tier": "flex",
+        "stop": "\n\n",
+        "parallel_tool_calls": true,
+    });
+    let (status, resp) = post(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+    let body = json!({"model": CHAT_MODEL, "prompt": "a", "max_tokens": 2, "stop": ["\n", "."], "user": "u"});
+    let (status, resp) = post(server(), "/v1/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+}
+
+#[tokio::test]
+async fn assistant_message_with_empty_tool_calls_is_accepted() {
+    let mut body = chat_body("hi", 2);
+    body["messages"] = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!", "tool_calls": []},
+        {"role": "user", "content": "and?"},
+    ]);
+    let (status, resp) = post(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{resp}");
+}
+
+#[tokio::test]
+async fn chat_answers_carry_refusal_null_whole_and_in_the_first_delta() {
+    let (status, whole) = post(server(), "/v1/chat/completions", chat_body("hi", 2)).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(
+        whole["choices"][0]["message"].get("refusal"),
+        Some(&Value::Null)
+    );
+    let mut body = chat_body("hi", 2);
+    body["stream"] = json!(true);
+    let (status, events) = post_stream(server(), "/v1/chat/completions", body).await;
+    assert_eq!(status, 200);
+    let first: Value = serde_json::from_str(&events[0]).expect("JSON chunk");
+    let delta = &first["choices"][0]["delta"];
+    assert_eq!(delta.get("refusal"), Some(&Value::Null), "{first}");
+}
+
+#[tokio::test]
+async fn usage_carries_zero_cached_and_reasoning_token_details() {
+    let details = |usage: &Value| {
+        assert_eq!(
+            usage["prompt_tokens_details"],
+            json!({"cached_tokens": 0}),
+            "{usage}"
+        );
+        assert_eq!(
+            usage["completion_tokens_details"],
+            json!({"reasoning_tokens": 0}),
+            "{usage}"
+        );
+    };
+    let (_, chat) = post(server(), "/v1/chat/completions", chat_body("hi", 2)).await;
+    details(&chat["usage"]);
+    let body = json!({"model": CHAT_MODEL, "prompt": "a", "max_tokens": 2});
+    let (_, completion) = post(server(), "/v1/completions", body).await;
+    details(&completion["usage"]);
+    let mut body = chat_body("hi", 2);
+    body["stream"] = json!(true);
+    // vLLM's per-chunk usage flag is accepted and ignored.
+    body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+    let (_, events) = post_stream(server(), "/v1/chat/completions", body).await;
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).expect("usage chunk");
+    details(&last["usage"]);
+}

@@ -1,11 +1,17 @@
 //! Request bodies of the OpenAI API, the parts of them every generation endpoint shares, and
 //! the checks that turn unsupported features into a 400 naming the field.
+//!
+//! Every field OpenAI's spec marks nullable is an `Option` (or reads `null` as its default),
+//! so `null` always means "absent".
 
+use super::extract::{read, RequestBody};
+pub use super::messages::{chat_messages, InMessage};
 use crate::backend::chat_template::ChatMessage;
 use crate::error::ApiError;
 use crate::infer::SamplingParams;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Most stop sequences one request may give (OpenAI allows 4; we are a little kinder).
 const MAX_STOPS: usize = 16;
@@ -48,7 +54,7 @@ pub enum LogprobsField {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of strings")]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
@@ -274,47 +280,74 @@ impl UnsupportedFields {
     }
 }
 
+/// Fields of OpenAI's API that change nothing here. They are read so that a wrong type is a
+/// 400 like anywhere else, then ignored; only `store: true` asks for something we refuse.
+#[derive(Debug, Default, Deserialize)]
+#[expect(dead_code, reason = "read to check their types")]
+pub struct IgnoredFields {
+    /// OpenAI's end-user id for abuse monitoring; tenants are known by their API keys.
+    pub user: Option<String>,
+    pub metadata: Option<HashMap<String, String>>,
+    pub store: Option<bool>,
+    /// Any tier is served the same way.
+    pub service_tier: Option<String>,
+    /// Meaningless without tools, which `UnsupportedFields` refuses.
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl IgnoredFields {
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.store == Some(true) {
+            return Err(ApiError::unsupported(
+                "store",
+                "requests and their output are not kept",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `null` as the type's default, for fields that are not `Option`s.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
 }
 
+/// The parts marked `skip` are read from the same body by `RequestBody::from_json`.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<InMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub unsupported: UnsupportedFields,
+    #[serde(skip)]
+    pub ignored: IgnoredFields,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct InMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<Content>,
-    #[serde(default)]
-    pub tool_calls: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
+impl RequestBody for ChatRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let core: ChatRequest = read(body)?;
+        Ok(ChatRequest {
+            sampling: read(body)?,
+            unsupported: read(body)?,
+            ignored: read(body)?,
+            ..core
+        })
+    }
 }
 
 impl ChatRequest {
@@ -324,73 +357,7 @@ impl ChatRequest {
     }
 }
 
-/// The conversation as plain-text messages for the chat template.
-pub fn chat_messages(messages: &[InMessage]) -> Result<Vec<ChatMessage>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "`messages` must not be empty",
-            "messages",
-        ));
-    }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| m.flatten(i))
-        .collect()
-}
-
-impl InMessage {
-    fn flatten(&self, i: usize) -> Result<ChatMessage, ApiError> {
-        let role = match self.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            "tool" | "function" => {
-                return Err(ApiError::unsupported(
-                    &format!("messages[{i}].role"),
-                    "no tool messages",
-                ))
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!("unknown role {other:?}"),
-                    &format!("messages[{i}].role"),
-                ))
-            }
-        };
-        if self.tool_calls.is_some() {
-            return Err(ApiError::unsupported(
-                &format!("messages[{i}].tool_calls"),
-                "no tool calling",
-            ));
-        }
-        let content = match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for (j, part) in parts.iter().enumerate() {
-                    match (part.kind.as_str(), &part.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        _ => {
-                            let param = format!("messages[{i}].content[{j}]");
-                            return Err(ApiError::unsupported(
-                                &param,
-                                "only text parts are served",
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-        };
-        Ok(ChatMessage {
-            role: role.to_string(),
-            content,
-        })
-    }
-}
-
+/// The parts marked `skip` are read from the same body by `RequestBody::from_json`.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
@@ -398,19 +365,41 @@ pub struct CompletionRequest {
     /// Show the prompt before the completion (with its log-probabilities when asked).
     #[serde(default)]
     pub echo: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: SamplingFields,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub unsupported: UnsupportedFields,
+    #[serde(skip)]
+    pub ignored: IgnoredFields,
+}
+
+impl RequestBody for CompletionRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let core: CompletionRequest = read(body)?;
+        // `echo` is served here (chat refuses it).
+        let unsupported = UnsupportedFields {
+            echo: None,
+            ..read(body)?
+        };
+        Ok(CompletionRequest {
+            sampling: read(body)?,
+            unsupported,
+            ignored: read(body)?,
+            ..core
+        })
+    }
 }
 
 /// OpenAI allows a string, token ids, or a list of either; a list means one completion per
 /// prompt, which we refuse like `n > 1` unless it holds exactly one prompt.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of integers or an array of arrays of integers"
+)]
 pub enum PromptField {
     Text(String),
     Tokens(Vec<u32>),
@@ -431,8 +420,13 @@ pub struct EmbeddingRequest {
     pub truncate: bool,
 }
 
+impl RequestBody for EmbeddingRequest {}
+
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of integers or an array of arrays of integers"
+)]
 pub enum EmbeddingInput {
     Text(String),
     Tokens(Vec<u32>),
@@ -449,6 +443,8 @@ pub struct TokenizeRequest {
     pub add_special_tokens: bool,
 }
 
+impl RequestBody for TokenizeRequest {}
+
 fn yes() -> bool {
     true
 }
@@ -459,11 +455,27 @@ pub struct DetokenizeRequest {
     pub tokens: Vec<u32>,
 }
 
+impl RequestBody for DetokenizeRequest {}
+
+/// A response's `usage`. The details are always zero (no prompt cache, no reasoning
+/// tokens) but present, as OpenAI's SDKs and dashboards read them.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: usize,
 }
 
 impl Usage {
@@ -472,6 +484,8 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails::default(),
+            completion_tokens_details: CompletionTokensDetails::default(),
         }
     }
 }

@@ -52,6 +52,7 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
+    req.ignored.check()?;
     let prompt = PromptInput::Chat(req.messages()?);
     let stream = (req.stream, req.stream_options.as_ref());
     let call = Call::new(&req.model, Shape::Chat, include_usage(stream.1));
@@ -64,6 +65,7 @@ pub async fn completions(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> AppResult {
     req.unsupported.check()?;
+    req.ignored.check()?;
     let prompt = match req.prompt {
         PromptField::Text(t) => PromptInput::Text(t),
         PromptField::Tokens(ids) => PromptInput::Tokens(ids),

@@ -9,6 +9,7 @@ mod extract;
 mod generation;
 mod handlers;
 mod logprobs;
+mod messages;
 mod meter;
 
 pub use admin::metrics_text;

@@ -25,6 +25,17 @@ pub enum PromptInput {
     Tokens(Vec<u32>),
 }
 
+impl PromptInput {
+    /// The request field errors about this prompt name: a chat's prompt is its `messages`,
+    /// a completion's its `prompt`.
+    pub fn param(&self) -> &'static str {
+        match self {
+            PromptInput::Chat(_) => "messages",
+            PromptInput::Text(_) | PromptInput::Tokens(_) => "prompt",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     pub prompt: PromptInput,
@@ -286,7 +297,7 @@ impl GenerateModel {
     pub async fn prepare(&self, req: GenRequest) -> Result<Prepared, InferError> {
         self.check_choices(&req)?;
         let prompt = self.tokenize(req.prompt.clone(), true).await?;
-        let max_tokens = self.check_lengths(prompt.len(), req.max_tokens)?;
+        let max_tokens = self.check_lengths(prompt.len(), req.prompt.param(), req.max_tokens)?;
         Ok(Prepared {
             prompt,
             max_tokens,
@@ -486,11 +497,17 @@ impl GenerateModel {
         Ok(())
     }
 
-    /// Checks the prompt against the context and returns the output budget.
-    fn check_lengths(&self, prompt: usize, asked: Option<usize>) -> Result<usize, InferError> {
+    /// Checks the prompt against the context and returns the output budget. `param` names
+    /// the prompt's field in errors about its length.
+    fn check_lengths(
+        &self,
+        prompt: usize,
+        param: &'static str,
+        asked: Option<usize>,
+    ) -> Result<usize, InferError> {
         let limits = &self.limits;
         if prompt == 0 {
-            return Err(InferError::invalid("The prompt is empty", "messages"));
+            return Err(InferError::invalid("The prompt is empty", param));
         }
         let max_prompt = limits.max_prompt_tokens.min(self.context_length - 1);
         if prompt > max_prompt {
@@ -499,7 +516,7 @@ impl GenerateModel {
                     "This model's maximum prompt length is {max_prompt} tokens. However, your prompt \
                      has {prompt} tokens. Please shorten it."
                 ),
-                param: "messages",
+                param,
             });
         }
         let room = self.context_length - prompt;
@@ -511,8 +528,8 @@ impl GenerateModel {
             Some(n) if n > room => Err(InferError::ContextLength {
                 message: format!(
                     "This model's maximum context length is {} tokens. However, you requested {} \
-                     tokens ({prompt} in the messages, {n} in the completion). Please reduce the \
-                     length of the messages or completion.",
+                     tokens ({prompt} in the {param}, {n} in the completion). Please reduce the \
+                     length of the {param} or completion.",
                     self.context_length,
                     prompt + n
                 ),

@@ -88,6 +88,37 @@ def main(base_url: str) -> None:
     except openai.BadRequestError as e:
         check(e.body.get("param") == "n", f"BadRequestError names the param: {e.body}")
 
+    # The SDK's optional fields, as it sends them, at values that change nothing here.
+    shaped = client.chat.completions.create(
+        model=CHAT,
+        messages=[
+            {"role": "user", "content": "hi", "name": "ada"},
+            {"role": "assistant", "content": "Hello!", "refusal": None, "tool_calls": []},
+            {"role": "user", "content": "Say hello."},
+        ],
+        max_completion_tokens=2,
+        user="user-1234",
+        metadata={"project": "demo"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=True,
+        stop=None,
+        seed=None,
+    )
+    check(shaped.choices[0].message.refusal is None, "message.refusal is null")
+    details = (shaped.usage.prompt_tokens_details, shaped.usage.completion_tokens_details)
+    check(
+        details[0].cached_tokens == 0 and details[1].reasoning_tokens == 0,
+        f"usage details: {shaped.usage}",
+    )
+
+    # A wrong type is the SDK's BadRequestError (400), not UnprocessableEntityError (422).
+    try:
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=-1)
+        check(False, "max_tokens=-1 raises")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == "max_tokens", f"BadRequestError names max_tokens: {e.body}")
+
     print("all SDK checks passed")
 
 
