@@ -51,7 +51,10 @@ mkdir -p "$tmp/base"
 start() {
     local bin=$1 dir=$2 port=$3 metrics=()
     if m=$(metrics_env "$tmp/serve.toml"); then metrics=("$m"); fi
+    # Auth off: every request is `anonymous` on the commercial tier, whose 16 concurrent
+    # requests leave room for c=8 (the default research tier allows 4).
     (cd "$dir" && exec env "${metrics[@]}" TIERGATE_TENANCY__AUTH=off \
+        TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
         TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$port.db" \
         TIERGATE_TENANCY__IP_REQUESTS_PER_SECOND=100000 TIERGATE_TENANCY__IP_BURST=100000 \
         TIERGATE_LISTEN="127.0.0.1:$port" "$bin" --config "$tmp/serve.toml" serve) \
