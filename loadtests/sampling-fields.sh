@@ -46,10 +46,12 @@ blocks = re.split(r"(?m)^(?=\[\[models\]\])", text)
 keep = [b for b in blocks if not b.startswith("[[models]]") or f'name = "{sys.argv[3]}"' in b]
 open(sys.argv[2], "w").write("".join(keep))
 PY
-mkdir -p "$tmp/base"
+# The baseline predates `limits.max_n` (and refuses unknown keys).
+grep -v '^max_n = ' "$tmp/serve.toml" >"$tmp/serve-base.toml"
 
+# start BIN DIR PORT CONFIG
 start() {
-    local bin=$1 dir=$2 port=$3 metrics=()
+    local bin=$1 dir=$2 port=$3 config=$4 metrics=()
     if m=$(metrics_env "$tmp/serve.toml"); then metrics=("$m"); fi
     # Auth off: every request is `anonymous` on the commercial tier, whose 16 concurrent
     # requests leave room for c=8 (the default research tier allows 4).
@@ -57,7 +59,7 @@ start() {
         TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
         TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$port.db" \
         TIERGATE_TENANCY__IP_REQUESTS_PER_SECOND=100000 TIERGATE_TENANCY__IP_BURST=100000 \
-        TIERGATE_LISTEN="127.0.0.1:$port" "$bin" --config "$tmp/serve.toml" serve) \
+        TIERGATE_LISTEN="127.0.0.1:$port" "$bin" --config "$config" serve) \
         >"$tmp/server-$port.log" 2>&1 &
     server=$!
     wait_ready "http://127.0.0.1:$port"
@@ -73,7 +75,7 @@ load() {
 
 echo "start: $(machine_load)" >&2
 port=$(free_port)
-start "$(realpath "$TIERGATE")" . "$port"
+start "$(realpath "$TIERGATE")" . "$port" "$tmp/serve.toml"
 ours=$server
 for rep in $(seq 1 "$REPS"); do
     for mode in "${modes[@]}"; do
@@ -87,10 +89,10 @@ for rep in $(seq 1 "$REPS"); do
             server=$ours
             stop_server "$ours"
             bport=$(free_port)
-            start "$BASELINE_BIN" "$BASELINE_DIR" "$bport"
+            start "$BASELINE_BIN" "$BASELINE_DIR" "$bport" "$tmp/serve-base.toml"
             load "http://127.0.0.1:$bport" base "$rep" '{}' 1,8
             stop_server "$server"
-            start "$(realpath "$TIERGATE")" . "$port"
+            start "$(realpath "$TIERGATE")" . "$port" "$tmp/serve.toml"
             ours=$server
             ;;
         esac

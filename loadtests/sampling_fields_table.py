@@ -18,13 +18,14 @@ def main():
     for r in rows:
         runs[(r["labels"]["mode"], r["concurrency"])].append(r)
     med = {}
-    print("| mode | concurrency | reps | errors | output tok/s | TTFT p50 ms | ITL p50 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| mode | concurrency | reps | errors | output tok/s | each rep's tok/s | TTFT p50 ms | ITL p50 ms |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
     for (mode, conc), rs in sorted(runs.items()):
         m = {k: median(r[k] for r in rs) for k in ("output_tok_s", "ttft_p50_ms", "itl_p50_ms")}
         med[(mode, conc)] = m
-        errors = sum(r["errors"] for r in rs)
-        print(f"| {mode} | {conc} | {len(rs)} | {errors} | {m['output_tok_s']:.1f} "
+        errors = sum(sum(r["errors"].values()) if isinstance(r["errors"], dict) else r["errors"] for r in rs)
+        each = ", ".join(f"{r['output_tok_s']:.1f}" for r in rs)
+        print(f"| {mode} | {conc} | {len(rs)} | {errors} | {m['output_tok_s']:.1f} | {each} "
               f"| {m['ttft_p50_ms']:.0f} | {m['itl_p50_ms']:.1f} |")
     print()
     print("| comparison | ratio | asked |")

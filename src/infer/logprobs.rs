@@ -57,7 +57,11 @@ fn log_sum_exp(logits: &[f32]) -> f32 {
 fn max_of(logits: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     for chunk in chunks {
         for (m, &l) in lanes.iter_mut().zip(chunk) {
             *m = if l > *m { l } else { *m };
@@ -90,19 +94,35 @@ fn exp_le0(x: f32) -> f32 {
 }
 
 /// The `k` largest logits, largest first, ties by lower id; one pass with a small sorted
-/// buffer (k <= 20), no copy of the vocabulary.
+/// buffer (k <= 20), no copy of the vocabulary. A block of lanes is looked into only when its
+/// maximum beats the k-th best so far, which after the first blocks is rare.
 fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return best;
     }
-    for (i, &l) in logits.iter().enumerate() {
+    let mut floor = f32::NEG_INFINITY;
+    let offer = |i: usize, l: f32, best: &mut Vec<(u32, f32)>| {
         if l.is_nan() || (best.len() == k && l <= best[k - 1].1) {
-            continue;
+            return;
         }
         let at = best.partition_point(|&(_, b)| b >= l);
         best.insert(at, (i as u32, l));
         best.truncate(k);
+    };
+    for (c, chunk) in logits.chunks(LANES).enumerate() {
+        let block_max = chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+        if best.len() == k && block_max <= floor {
+            continue;
+        }
+        for (j, &l) in chunk.iter().enumerate() {
+            offer(c * LANES + j, l, &mut best);
+        }
+        if best.len() == k {
+            floor = best[k - 1].1;
+        }
     }
     best
 }
@@ -128,8 +148,16 @@ mod tests {
         assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
         let mass: f32 = lp.top.iter().map(|t| t.1.exp()).sum();
         assert!(mass <= 1.0 + 1e-5, "{mass}");
-        let best = crate::infer::sampling::argmax(&logits);
-        assert_eq!(lp.top[0].0, best);
+        // The same as sorting the whole vocabulary (ties by id).
+        let mut sorted: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        let expected: Vec<u32> = sorted[..20].iter().map(|t| t.0).collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]
@@ -138,17 +166,31 @@ mod tests {
         for i in 0..=1740 {
             let x = -(i as f32) * 0.05;
             let (ours, exact) = (exp_le0(x), x.exp());
-            assert!((ours - exact).abs() <= 5e-6 * exact + 1e-38, "{x}: {ours} vs {exact}");
+            assert!(
+                (ours - exact).abs() <= 5e-6 * exact + 1e-38,
+                "{x}: {ours} vs {exact}"
+            );
         }
         assert!(exp_le0(-1e4) < 1.2e-38);
     }
 
     #[test]
     fn log_sum_exp_matches_the_f64_sum_over_a_large_vocabulary() {
-        let logits: Vec<f32> = (0..151_936).map(|i| ((i * 7919) % 2000) as f32 / 97.0 - 9.0).collect();
+        let logits: Vec<f32> = (0..151_936)
+            .map(|i| ((i * 7919) % 2000) as f32 / 97.0 - 9.0)
+            .collect();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exact = max as f64 + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
-        assert!((log_sum_exp(&logits) as f64 - exact).abs() < 1e-4, "{}", exact);
+        let exact = max as f64
+            + logits
+                .iter()
+                .map(|&l| ((l - max) as f64).exp())
+                .sum::<f64>()
+                .ln();
+        assert!(
+            (log_sum_exp(&logits) as f64 - exact).abs() < 1e-4,
+            "{}",
+            exact
+        );
     }
 
     #[test]
