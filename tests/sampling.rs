@@ -309,3 +309,24 @@ async fn out_of_range_sampling_fields_get_400_naming_the_field() {
     assert_eq!(error_of(&body)["param"], "logprobs");
     assert_still_serving(server).await;
 }
+
+#[tokio::test]
+async fn completions_serve_n_choices_with_their_own_logprobs() {
+    let (server, model) = chat_models()[0];
+    let body = complete(
+        server,
+        json!({"model": model, "prompt": PROMPT, "max_tokens": 4, "temperature": 0.9,
+               "seed": 5, "n": 2, "logprobs": 1}),
+    )
+    .await;
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{body}");
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let tokens = token_logprobs(c);
+        assert_eq!(tokens.len(), 4, "{c}");
+        let text: String = tokens.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(text, c["text"].as_str().unwrap());
+    }
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+}
