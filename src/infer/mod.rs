@@ -6,6 +6,7 @@
 
 mod embed;
 mod engine;
+mod gen_checks;
 mod gen_sequence;
 mod gen_worker;
 mod generate;
