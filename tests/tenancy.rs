@@ -162,6 +162,27 @@ async fn health_needs_no_key() {
 }
 
 #[tokio::test]
+async fn ready_answers_a_probe_without_a_key_and_shows_details_only_with_one() {
+    let get = |key: Option<String>| async move {
+        let mut req = client().get(fixture().server.url("/ready"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("JSON"))
+    };
+    let (status, probe) = get(None).await;
+    assert_eq!((status, &probe), (200, &json!({"status": "ready"})));
+    let key = fixture().keys.values().next().cloned();
+    let (status, detailed) = get(key).await;
+    assert_eq!(status, 200, "{detailed}");
+    assert!(detailed["replicas"].is_array(), "{detailed}");
+    let (status, _) = get(Some("tg-not-a-key".into())).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
 async fn three_rpm_tier_admits_exactly_three_then_429s_with_the_refill_wait() {
     let mut statuses = Vec::new();
     let mut last = None;

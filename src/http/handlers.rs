@@ -284,8 +284,25 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 only when every replica has loaded its model.
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+/// Readiness: 200 only when every replica has loaded its model. Without a key (a probe) only
+/// the status; with one, each replica and each model's request counters too.
+pub async fn ready(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+) -> Response {
+    let code = if state.engine.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let status = if code == StatusCode::OK {
+        "ready"
+    } else {
+        "loading"
+    };
+    if caller.is_none() {
+        return (code, Json(json!({"status": status}))).into_response();
+    }
     let replicas: Vec<Value> = state
         .engine
         .replicas
@@ -300,17 +317,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
             ModelHandle::Embed(_) => None,
         })
         .collect();
-    let status = if state.engine.is_ready() {
-        "ready"
-    } else {
-        "loading"
-    };
     let body = Json(json!({"status": status, "replicas": replicas, "models": models}));
-    if state.engine.is_ready() {
-        body.into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-    }
+    (code, body).into_response()
 }
 
 /// Queue length, request outcomes and the tokens admitted per tier (the share each tier
