@@ -11,6 +11,8 @@ mod handlers;
 mod logprobs;
 mod messages;
 mod meter;
+mod tool_calls;
+mod tools;
 
 pub use admin::metrics_text;
 pub use auth::{Caller, IpGuard};
