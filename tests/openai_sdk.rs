@@ -64,3 +64,14 @@ fn openai_python_sdk_sampling_fields_on_both_chat_models() {
         .collect();
     run_sdk_script("test_sdk_sampling.py", &args);
 }
+
+/// Structured outputs and tools as the SDK and langchain-openai use them, on both chat models:
+/// `parse()` into pydantic models, required and named calls, streamed calls, 20 samples.
+#[test]
+fn openai_python_sdk_structured_outputs_and_tools_on_both_chat_models() {
+    let args: Vec<String> = chat_models()
+        .iter()
+        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
+        .collect();
+    run_sdk_script("test_sdk_structured.py", &args);
+}
