@@ -65,3 +65,31 @@ machine_load() {
     others=$(pgrep -c -f "cargo (build|test)|rustc" || true)
     echo "load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; cargo/rustc processes: ${others:-0}"
 }
+
+# single_model_config SOURCE DEST MODEL: the config SOURCE with every [[models]] block but
+# MODEL's removed (a benchmark of one model should not share the CPUs with the others).
+single_model_config() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+blocks = re.split(r"(?m)^(?=\[\[models\]\])", text)
+keep = [b for b in blocks if not b.startswith("[[models]]") or f'name = "{sys.argv[3]}"' in b]
+open(sys.argv[2], "w").write("".join(keep))
+PY
+}
+
+# start_open BIN DIR PORT CONFIG TMP: starts BIN in DIR with auth off (every request is
+# `anonymous` on the commercial tier, whose 16 concurrent requests leave room for c=8), its
+# ledger and log in TMP; sets `server` to its pid and waits until it is ready.
+start_open() {
+    local bin=$1 dir=$2 port=$3 config=$4 tmp=$5 metrics=()
+    if m=$(metrics_env "$config"); then metrics=("$m"); fi
+    (cd "$dir" && exec env "${metrics[@]}" TIERGATE_TENANCY__AUTH=off \
+        TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
+        TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$port.db" \
+        TIERGATE_TENANCY__IP_REQUESTS_PER_SECOND=100000 TIERGATE_TENANCY__IP_BURST=100000 \
+        TIERGATE_LISTEN="127.0.0.1:$port" "$bin" --config "$config" serve) \
+        >"$tmp/server-$port.log" 2>&1 &
+    server=$!
+    wait_ready "http://127.0.0.1:$port"
+}

@@ -39,30 +39,13 @@ trap cleanup EXIT
 
 # A config serving the 0.5B model alone: the shipped one with the other models removed.
 config=$(config_with_threads "$tmp")
-python3 - "$config" "$tmp/serve.toml" "$MODEL" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-blocks = re.split(r"(?m)^(?=\[\[models\]\])", text)
-keep = [b for b in blocks if not b.startswith("[[models]]") or f'name = "{sys.argv[3]}"' in b]
-open(sys.argv[2], "w").write("".join(keep))
-PY
+single_model_config "$config" "$tmp/serve.toml" "$MODEL"
 # The baseline predates `limits.max_n` (and refuses unknown keys).
 grep -v '^max_n = ' "$tmp/serve.toml" >"$tmp/serve-base.toml"
 
 # start BIN DIR PORT CONFIG
 start() {
-    local bin=$1 dir=$2 port=$3 config=$4 metrics=()
-    if m=$(metrics_env "$tmp/serve.toml"); then metrics=("$m"); fi
-    # Auth off: every request is `anonymous` on the commercial tier, whose 16 concurrent
-    # requests leave room for c=8 (the default research tier allows 4).
-    (cd "$dir" && exec env "${metrics[@]}" TIERGATE_TENANCY__AUTH=off \
-        TIERGATE_TENANCY__ANONYMOUS_TIER=commercial \
-        TIERGATE_LEDGER__URL="sqlite://$tmp/ledger-$port.db" \
-        TIERGATE_TENANCY__IP_REQUESTS_PER_SECOND=100000 TIERGATE_TENANCY__IP_BURST=100000 \
-        TIERGATE_LISTEN="127.0.0.1:$port" "$bin" --config "$config" serve) \
-        >"$tmp/server-$port.log" 2>&1 &
-    server=$!
-    wait_ready "http://127.0.0.1:$port"
+    start_open "$1" "$2" "$3" "$4" "$tmp"
 }
 
 # load URL MODE REP EXTRA CONCURRENCY

@@ -3,7 +3,7 @@
 //! name (as soon as it is complete, so a stream shows id and name first) and its arguments
 //! in pieces, holding back only what may still turn out to be the call's closing marker.
 
-use super::tools::CALL_OPEN;
+use crate::infer::grammar::CALL_OPEN;
 
 const HEAD: &str = "<tool_call>\n{\"name\": \"";
 const MID: &str = "\", \"arguments\": ";
@@ -42,6 +42,9 @@ pub struct CallParser {
     state: State,
     buf: String,
     calls: usize,
+    /// The current call's arguments so far (to tell, at a cut, whether what is held back
+    /// belongs to them or to the closing marker).
+    args: String,
 }
 
 impl CallParser {
@@ -55,6 +58,7 @@ impl CallParser {
             },
             buf: String::new(),
             calls: 0,
+            args: String::new(),
         }
     }
 
@@ -65,11 +69,15 @@ impl CallParser {
         out
     }
 
-    /// The end of the output: whatever is held back is shown as it is (a truncated output).
+    /// The end of the output (`max_tokens` may cut it anywhere): what is held back is shown,
+    /// unless it is the start of a call's closing marker after complete arguments.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.buf);
         match self.state {
             _ if rest.is_empty() => Vec::new(),
+            State::Arguments if serde_json::from_str::<serde_json::Value>(&self.args).is_ok() => {
+                Vec::new()
+            }
             State::Arguments => vec![Piece::Arguments {
                 index: self.calls - 1,
                 text: rest,
@@ -122,6 +130,7 @@ impl CallParser {
                         name,
                     });
                     self.calls += 1;
+                    self.args.clear();
                     self.state = State::Mid;
                     true
                 }
@@ -145,6 +154,7 @@ impl CallParser {
         if let Some(end) = self.buf.find(TAIL) {
             let text: String = self.buf.drain(..end).collect();
             self.buf.drain(..TAIL.len());
+            self.args.push_str(&text);
             if !text.is_empty() {
                 out.push(Piece::Arguments { index, text });
             }
@@ -162,6 +172,7 @@ impl CallParser {
         let emit = self.buf.len() - keep;
         if emit > 0 {
             let text: String = self.buf.drain(..emit).collect();
+            self.args.push_str(&text);
             out.push(Piece::Arguments { index, text });
         }
         false

@@ -105,6 +105,20 @@ fn a_truncated_call_shows_what_it_has() {
 }
 
 #[test]
+fn a_call_cut_in_its_closing_marker_keeps_its_arguments_clean() {
+    for cut in ["}", "}\n</tool_c"] {
+        let text =
+            format!("<tool_call>\n{{\"name\": \"f\", \"arguments\": {{\"a\": {{\"b\": 1}}}}{cut}");
+        let pieces = parse(&text, false, 3);
+        assert_eq!(
+            names_and_args(&pieces),
+            [("f".to_string(), "{\"a\": {\"b\": 1}}".to_string())],
+            "{cut:?}"
+        );
+    }
+}
+
+#[test]
 fn each_call_gets_its_own_id() {
     let pieces = parse(TWO_CALLS, false, 5);
     let ids: Vec<&String> = pieces

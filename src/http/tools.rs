@@ -10,12 +10,9 @@
 //! `<tool_call>` (text, or the `response_format`'s JSON). `tool_calls.rs` reads it back.
 
 use crate::error::ApiError;
-use crate::infer::{with_layout, Constraint};
+use crate::infer::grammar::{tool_calls_lark, Answer, Constraint};
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-/// What opens and closes a call in the output (see the module doc).
-pub const CALL_OPEN: &str = "<tool_call>";
 
 /// The request fields this module reads.
 #[derive(Debug, Default, Deserialize)]
@@ -301,55 +298,25 @@ fn check_name(name: &str, param: &str) -> Result<(), ApiError> {
 }
 
 impl Tools {
-    /// The Lark grammar of the output (see the module doc); `text` is the schema an answer
-    /// that is not a call must follow, if any.
+    /// The grammar of the output; `text` is the schema an answer that is not a call must
+    /// follow, if any.
     fn grammar(&self, text: Option<&Value>) -> String {
-        let call = |(name, params): &(String, Value)| {
-            let open = format!("{CALL_OPEN}\n{{\"name\": \"{name}\", \"arguments\": ");
-            format!(
-                "{} %json{} {}",
-                lark_string(&open),
-                with_layout(params.clone()),
-                lark_string("}\n</tool_call>")
-            )
+        let (functions, many) = match self.choice {
+            Choice::Named(i) => (&self.functions[i..=i], false),
+            _ => (&self.functions[..], self.parallel),
         };
-        let calls: Vec<String> = match self.choice {
-            Choice::Named(i) => vec![call(&self.functions[i])],
-            _ => self.functions.iter().map(call).collect(),
+        let answer = match (self.choice, text) {
+            (Choice::Auto, Some(schema)) => Some(Answer::Json(schema)),
+            (Choice::Auto, None) => Some(Answer::Text),
+            _ => None,
         };
-        let many = self.parallel && !matches!(self.choice, Choice::Named(_));
-        let mut lark = String::from("start: ");
-        lark.push_str(match self.choice {
-            Choice::Auto => "answer | calls\n",
-            _ => "calls\n",
-        });
-        lark.push_str(if many {
-            "calls: call (\"\\n\" call)*\n"
-        } else {
-            "calls: call\n"
-        });
-        lark.push_str(&format!("call: {}\n", calls.join("\n    | ")));
-        if self.choice == Choice::Auto {
-            match text {
-                Some(schema) => {
-                    lark.push_str(&format!("answer: %json{}\n", with_layout(schema.clone())))
-                }
-                // Any text that does not write the call marker.
-                None => lark.push_str("answer: TEXT\nTEXT: /(?s:.*)/ & ~/(?s:.*<tool_call>.*)/\n"),
-            }
-        }
-        lark
+        tool_calls_lark(functions, many, answer)
     }
 
     /// The answer may be text rather than calls.
     pub fn may_answer(&self) -> bool {
         self.choice == Choice::Auto
     }
-}
-
-/// `s` as a Lark string literal (JSON's quoting, which llguidance's Lark reads).
-fn lark_string(s: &str) -> String {
-    Value::String(s.to_string()).to_string()
 }
 
 #[cfg(test)]

@@ -139,7 +139,10 @@ impl Sequence {
         self.progress.generated.fetch_add(1, Ordering::Relaxed);
         self.observe_token(&ctx.name);
         self.last = token;
-        if !self.ignore_eos && ctx.eos_ids.contains(&token) {
+        // A grammar decides where the output ends (it allows end-of-sequence only there), so
+        // `ignore_eos` does not apply to it.
+        let eos_ends = !self.ignore_eos || self.constrained();
+        if eos_ends && ctx.eos_ids.contains(&token) {
             let tail = self.stop.flush();
             self.delta(tail, None);
             return self.finish(FinishReason::Stop);

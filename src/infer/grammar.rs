@@ -67,6 +67,68 @@ pub fn with_layout(mut schema: Value) -> Value {
     schema
 }
 
+/// What opens a tool call in the output; see `tool_calls_lark`.
+pub const CALL_OPEN: &str = "<tool_call>";
+
+/// What a tool grammar allows instead of calls (`tool_choice: "auto"`).
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    /// Any text that never writes `CALL_OPEN`.
+    Text,
+    /// A JSON document of this schema (`response_format`).
+    Json(&'a Value),
+}
+
+/// The Lark grammar of an output that calls `functions` (name, parameter schema): one call, or
+/// with `many` one or more separated by a newline, or `answer` instead. Each call is written in
+/// the format Qwen2.5 and Hermes models were trained on,
+/// `<tool_call>\n{"name": "<name>", "arguments": <arguments>}\n</tool_call>`, its arguments
+/// held to the function's schema. Names must be plain (letters, digits, `_`, `-`): they are
+/// spelled into the grammar.
+pub fn tool_calls_lark(
+    functions: &[(String, Value)],
+    many: bool,
+    answer: Option<Answer>,
+) -> String {
+    let call = |(name, params): &(String, Value)| {
+        let open = format!("{CALL_OPEN}\n{{\"name\": \"{name}\", \"arguments\": ");
+        let schema = with_layout(params.clone());
+        format!(
+            "{} %json{schema} {}",
+            lark_string(&open),
+            lark_string("}\n</tool_call>")
+        )
+    };
+    let calls: Vec<String> = functions.iter().map(call).collect();
+    let mut lark = String::from(match answer {
+        Some(_) => "start: answer | calls\n",
+        None => "start: calls\n",
+    });
+    lark.push_str(if many {
+        "calls: call (\"\\n\" call)*\n"
+    } else {
+        "calls: call\n"
+    });
+    lark.push_str(&format!("call: {}\n", calls.join("\n    | ")));
+    match answer {
+        Some(Answer::Json(schema)) => {
+            lark.push_str(&format!("answer: %json{}\n", with_layout(schema.clone())));
+        }
+        // Any text, and (`&`) not one that writes the call marker; llguidance's `~` alone
+        // did not exclude it.
+        Some(Answer::Text) => {
+            lark.push_str("answer: TEXT\nTEXT: /(?s:.*)/ & ~/(?s:.*<tool_call>.*)/\n")
+        }
+        None => {}
+    }
+    lark
+}
+
+/// `s` as a Lark string literal (JSON's quoting, which llguidance's Lark reads).
+fn lark_string(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
 /// One model's grammar compiler: its vocabulary as llguidance sees it.
 pub struct Grammars {
     factory: ParserFactory,

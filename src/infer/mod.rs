@@ -10,7 +10,7 @@ mod gen_checks;
 mod gen_sequence;
 mod gen_worker;
 mod generate;
-mod grammar;
+pub mod grammar;
 pub mod logprobs;
 pub mod policy;
 mod queue;
@@ -25,7 +25,7 @@ pub use generate::{
     Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, Prepared, Progress,
     PromptInput,
 };
-pub use grammar::{with_layout, Constraint, GrammarLimits};
+pub use grammar::{Constraint, GrammarLimits};
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;
