@@ -6,7 +6,7 @@ use super::dto::{
     EmbeddingRequest, PromptField, SamplingFields, StreamOptions, TokenizeRequest,
 };
 use super::extract::ApiJson;
-use super::generation::{respond, Call, Shape};
+use super::generation::{respond, Call, Generated, Shape};
 use super::meter::Meter;
 use super::AppState;
 use crate::error::ApiError;
@@ -51,12 +51,23 @@ pub async fn chat(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> AppResult {
+    chat_generation(&state, &caller, req)
+        .await
+        .map(Generated::into_response)
+}
+
+/// A chat request's answer before its encoding (`/v1/responses` reshapes it).
+pub async fn chat_generation(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    req: ChatRequest,
+) -> Result<Generated, ApiError> {
     req.unsupported.check()?;
     req.ignored.check()?;
     let prompt = PromptInput::Chat(req.messages()?);
     let stream = (req.stream, req.stream_options.as_ref());
     let call = Call::new(&req.model, Shape::Chat, include_usage(stream.1));
-    generate(&state, &caller, prompt, &req.sampling, call, stream.0).await
+    generate(state, caller, prompt, &req.sampling, call, stream.0).await
 }
 
 pub async fn completions(
@@ -85,7 +96,9 @@ pub async fn completions(
             PromptInput::Chat(_) => String::new(),
         });
     }
-    generate(&state, &caller, prompt, &req.sampling, call, req.stream).await
+    generate(&state, &caller, prompt, &req.sampling, call, req.stream)
+        .await
+        .map(Generated::into_response)
 }
 
 fn include_usage(options: Option<&StreamOptions>) -> bool {
@@ -101,7 +114,7 @@ async fn generate(
     fields: &SamplingFields,
     mut call: Call,
     stream: bool,
-) -> AppResult {
+) -> Result<Generated, ApiError> {
     let model = generator(state, &call.model)?;
     let logprobs = fields.logprobs(call.shape == Shape::Chat)?;
     call.logprobs = logprobs.is_some();
