@@ -11,6 +11,9 @@ mod handlers;
 mod logprobs;
 mod messages;
 mod meter;
+mod responses;
+mod responses_out;
+mod responses_params;
 
 pub use admin::metrics_text;
 pub use auth::{Caller, IpGuard};
@@ -45,6 +48,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::not_stored).delete(responses::not_stored),
+        )
+        .route("/v1/responses/{id}/input_items", get(responses::not_stored))
+        .route("/v1/responses/{id}/cancel", post(responses::not_stored))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
         .route("/tokenize", post(handlers::tokenize))
