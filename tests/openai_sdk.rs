@@ -64,3 +64,14 @@ fn openai_python_sdk_sampling_fields_on_both_chat_models() {
         .collect();
     run_sdk_script("test_sdk_sampling.py", &args);
 }
+
+/// The Responses API (`responses.create`, whole and streamed, and `responses.stream`) as the
+/// SDK's typed objects, on both chat models.
+#[test]
+fn openai_python_sdk_responses_on_both_chat_models() {
+    let args: Vec<String> = chat_models()
+        .iter()
+        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
+        .collect();
+    run_sdk_script("test_sdk_responses.py", &args);
+}
