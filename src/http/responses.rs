@@ -45,7 +45,7 @@ pub async fn create(
         .await
         .map_err(|e| params.rename(e))?;
     let mut response = match generated.answer {
-        Answer::Whole(chat) => Json(req.shell.from_chat(&chat)).into_response(),
+        Answer::Whole(chat) => Json(req.shell.response_of(&chat)).into_response(),
         Answer::Chunks(chunks) => {
             let sse = events(req.shell, chunks).map(|event| {
                 let kind = event["type"].as_str().unwrap_or("error").to_string();

@@ -34,25 +34,24 @@ impl Shell {
 
     /// The Response at `status`, without output or usage yet.
     fn object(&self, status: &str) -> Map<String, Value> {
-        let mut object = json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "completed_at": null,
-            "error": null,
-            "incomplete_details": null,
-            "model": self.model,
-            "output": [],
-            "usage": null,
-        });
-        if let Some(map) = object.as_object_mut() {
-            map.extend(self.echo.clone());
-        }
-        match object {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        }
+        let fields = [
+            ("id", json!(self.id)),
+            ("object", json!("response")),
+            ("created_at", json!(self.created_at)),
+            ("status", json!(status)),
+            ("completed_at", Value::Null),
+            ("error", Value::Null),
+            ("incomplete_details", Value::Null),
+            ("model", json!(self.model)),
+            ("output", json!([])),
+            ("usage", Value::Null),
+        ];
+        let mut object: Map<String, Value> = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        object.extend(self.echo.clone());
+        object
     }
 
     /// The finished Response: chat's `length` finish makes it incomplete, as OpenAI reports
@@ -78,7 +77,7 @@ impl Shell {
     }
 
     /// A whole chat completion (its first choice: `n` is always 1) as a Response.
-    pub fn from_chat(&self, chat: &Value) -> Value {
+    pub fn response_of(&self, chat: &Value) -> Value {
         let choice = &chat["choices"][0];
         let message = &choice["message"];
         let finish = choice["finish_reason"].as_str();
@@ -211,12 +210,18 @@ impl EventMachine {
         }
     }
 
-    fn emit(&mut self, kind: &str, fields: Value) {
+    /// The next event: `fields` with its `type` and `sequence_number`.
+    fn event(&mut self, kind: &str, fields: Value) -> Value {
         let mut event = json!({"type": kind, "sequence_number": self.sequence});
         if let (Some(event), Value::Object(fields)) = (event.as_object_mut(), fields) {
             event.extend(fields);
         }
         self.sequence += 1;
+        event
+    }
+
+    fn emit(&mut self, kind: &str, fields: Value) {
+        let event = self.event(kind, fields);
         self.out.push(event);
     }
 
@@ -272,11 +277,10 @@ impl EventMachine {
 
     /// The `error` event that ends a stream which failed after it started.
     pub fn error(&mut self, error: &ApiError) -> Value {
-        self.emit(
+        self.event(
             "error",
             json!({"code": error.code, "message": error.message, "param": error.param}),
-        );
-        self.out.pop().unwrap_or(Value::Null)
+        )
     }
 
     /// Opens a new item; returns its output index.

@@ -16,7 +16,7 @@ fn chat_completion(message: Value, finish: &str) -> Value {
 #[test]
 fn whole_chat_completion_becomes_a_completed_response() {
     let chat = chat_completion(json!({"role": "assistant", "content": "Hello"}), "stop");
-    let r = shell().from_chat(&chat);
+    let r = shell().response_of(&chat);
     assert_eq!(r["object"], "response");
     assert!(r["id"].as_str().is_some_and(|id| id.starts_with("resp_")));
     assert_eq!(r["status"], "completed");
@@ -43,7 +43,7 @@ fn whole_chat_completion_becomes_a_completed_response() {
 #[test]
 fn length_finish_is_incomplete_with_reason_max_output_tokens() {
     let chat = chat_completion(json!({"role": "assistant", "content": "Hel"}), "length");
-    let r = shell().from_chat(&chat);
+    let r = shell().response_of(&chat);
     assert_eq!(r["status"], "incomplete");
     assert_eq!(
         r["incomplete_details"],
@@ -59,7 +59,7 @@ fn tool_calls_become_function_call_items() {
         json!({"role": "assistant", "content": null, "tool_calls": calls}),
         "tool_calls",
     );
-    let r = shell().from_chat(&chat);
+    let r = shell().response_of(&chat);
     assert_eq!(r["output"].as_array().map(Vec::len), Some(1));
     let item = &r["output"][0];
     assert_eq!(item["type"], "function_call");
