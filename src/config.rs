@@ -156,6 +156,13 @@ pub struct Limits {
     /// Largest `n` (choices per chat or completions request); also capped by a replica's
     /// `max_batch_size`, since the choices of one request run side by side.
     pub max_n: usize,
+    /// Longest JSON schema or grammar (`response_format`, tools), in bytes.
+    pub max_grammar_bytes: usize,
+    /// Largest compiled grammar, in llguidance's symbols: bounds its memory.
+    pub max_grammar_size: usize,
+    /// Lexer work allowed to compile one grammar (llguidance's fuel, ~50,000 per ms): bounds
+    /// its compile time.
+    pub grammar_compile_fuel: u64,
     /// Longest a request may wait in a model's queue before it is answered 503.
     pub queue_timeout_secs: u64,
     /// Longest a whole request may take; a stream past it ends with an error event.
@@ -265,6 +272,9 @@ impl Default for Limits {
             default_max_tokens: 256,
             max_embedding_inputs: 256,
             max_n: 8,
+            max_grammar_bytes: 64 * 1024,
+            max_grammar_size: 200_000,
+            grammar_compile_fuel: 1_000_000,
             queue_timeout_secs: 30,
             request_timeout_secs: 600,
             shutdown_grace_secs: 30,

@@ -6,6 +6,7 @@
 
 use super::extract::{read, RequestBody};
 pub use super::messages::{chat_messages, InMessage};
+use super::tools::ToolFields;
 use crate::backend::chat_template::ChatMessage;
 use crate::error::ApiError;
 use crate::infer::SamplingParams;
@@ -212,18 +213,15 @@ pub struct UnsupportedFields {
     best_of: Option<u32>,
     echo: Option<bool>,
     suffix: Option<String>,
-    tools: Option<Vec<Value>>,
-    tool_choice: Option<Value>,
     functions: Option<Vec<Value>>,
     function_call: Option<Value>,
-    response_format: Option<Value>,
     audio: Option<Value>,
     prediction: Option<Value>,
 }
 
 impl UnsupportedFields {
     pub fn check(&self) -> Result<(), ApiError> {
-        let checks: [(&str, bool, &str); 8] = [
+        let checks: [(&str, bool, &str); 5] = [
             (
                 "best_of",
                 self.best_of.is_some_and(|n| n != 1),
@@ -236,31 +234,14 @@ impl UnsupportedFields {
                 "no insertion mode",
             ),
             (
-                "tools",
-                self.tools.as_ref().is_some_and(|t| !t.is_empty()),
-                "no tool calling",
-            ),
-            (
-                "tool_choice",
-                self.tool_choice.as_ref().is_some_and(|c| c != "none"),
-                "no tool calling",
-            ),
-            (
                 "functions",
                 self.functions.as_ref().is_some_and(|f| !f.is_empty()),
-                "no function calling",
+                "the deprecated functions; use tools",
             ),
             (
                 "function_call",
                 self.function_call.as_ref().is_some_and(|c| c != "none"),
-                "no function calling",
-            ),
-            (
-                "response_format",
-                self.response_format
-                    .as_ref()
-                    .is_some_and(|f| f["type"] != "text"),
-                "only text output",
+                "the deprecated function calling; use tools",
             ),
         ];
         for (field, used, why) in checks {
@@ -291,8 +272,6 @@ pub struct IgnoredFields {
     pub store: Option<bool>,
     /// Any tier is served the same way.
     pub service_tier: Option<String>,
-    /// Meaningless without tools, which `UnsupportedFields` refuses.
-    pub parallel_tool_calls: Option<bool>,
 }
 
 impl IgnoredFields {
@@ -336,6 +315,8 @@ pub struct ChatRequest {
     pub unsupported: UnsupportedFields,
     #[serde(skip)]
     pub ignored: IgnoredFields,
+    #[serde(skip)]
+    pub output: ToolFields,
 }
 
 impl RequestBody for ChatRequest {
@@ -345,6 +326,7 @@ impl RequestBody for ChatRequest {
             sampling: read(body)?,
             unsupported: read(body)?,
             ignored: read(body)?,
+            output: read(body)?,
             ..core
         })
     }
@@ -374,6 +356,9 @@ pub struct CompletionRequest {
     pub unsupported: UnsupportedFields,
     #[serde(skip)]
     pub ignored: IgnoredFields,
+    /// `response_format` and `structured_outputs` (tools are chat's).
+    #[serde(skip)]
+    pub output: ToolFields,
 }
 
 impl RequestBody for CompletionRequest {
@@ -388,6 +373,7 @@ impl RequestBody for CompletionRequest {
             sampling: read(body)?,
             unsupported,
             ignored: read(body)?,
+            output: read(body)?,
             ..core
         })
     }

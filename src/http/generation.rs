@@ -7,6 +7,7 @@
 use super::dto::Usage;
 use super::logprobs::{self, CompletionLogprobs};
 use super::meter::Meter;
+use super::tool_calls::{CallParser, Piece};
 use crate::error::ApiError;
 use crate::infer::{
     FinishReason, GenEvent, GenStream, GenerateModel, InferError, Prepared, TokenLogprob,
@@ -42,6 +43,9 @@ pub struct Call {
     pub logprobs: bool,
     /// Completions' `echo`: the prompt's text, shown before each choice's completion.
     pub echo: Option<String>,
+    /// The output may hold tool calls; `Some(true)`: or an answer instead (`tool_choice:
+    /// "auto"`).
+    pub tools: Option<bool>,
 }
 
 impl Call {
@@ -58,6 +62,7 @@ impl Call {
             include_usage,
             logprobs: false,
             echo: None,
+            tools: None,
         }
     }
 }
@@ -149,6 +154,76 @@ struct Choice {
     completion: CompletionLogprobs,
     finish: Option<FinishReason>,
     tokens: usize,
+    /// Splits the text into the answer and tool calls, when tools were offered.
+    parser: Option<CallParser>,
+    /// Every call so far, whole: `{id, type, function: {name, arguments}}`.
+    calls: Vec<Value>,
+    /// Call pieces not yet streamed.
+    pieces: Vec<Piece>,
+}
+
+impl Choice {
+    fn push_text(&mut self, text: &str) {
+        let pieces = match &mut self.parser {
+            Some(p) => p.push(text),
+            None => return self.text.push_str(text),
+        };
+        self.take(pieces);
+    }
+
+    fn take(&mut self, pieces: Vec<Piece>) {
+        for piece in pieces {
+            match &piece {
+                Piece::Text(t) => {
+                    self.text.push_str(t);
+                    continue;
+                }
+                Piece::Call { id, name, .. } => self.calls.push(json!({
+                    "id": id, "type": "function", "function": {"name": name, "arguments": ""},
+                })),
+                Piece::Arguments { index, text } => {
+                    if let Some(Value::String(args)) =
+                        self.calls[*index].pointer_mut("/function/arguments")
+                    {
+                        args.push_str(text);
+                    }
+                }
+            }
+            self.pieces.push(piece);
+        }
+    }
+
+    /// OpenAI's finish reason: a choice that ended in calls finished for them.
+    fn finish_reason(&self) -> Option<&'static str> {
+        match self.finish {
+            Some(FinishReason::Stop) if !self.calls.is_empty() => Some("tool_calls"),
+            f => f.map(FinishReason::as_str),
+        }
+    }
+}
+
+/// Call pieces as a chunk's `delta.tool_calls`: one entry per call, the first carrying the
+/// call's id and name, later ones pieces of its arguments.
+fn tool_call_deltas(pieces: Vec<Piece>) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Call { index, id, name } => out.push(json!({
+                "index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""},
+            })),
+            Piece::Arguments { index, text } => match out.last_mut() {
+                Some(last) if last["index"] == index => {
+                    if let Some(Value::String(args)) = last.pointer_mut("/function/arguments") {
+                        args.push_str(&text);
+                    }
+                }
+                _ => out.push(json!({"index": index, "function": {"arguments": text}})),
+            },
+            Piece::Text(_) => {}
+        }
+    }
+    Value::Array(out)
 }
 
 struct Choices {
@@ -167,6 +242,9 @@ impl Choices {
                 completion: CompletionLogprobs::default(),
                 finish: None,
                 tokens: 0,
+                parser: call.tools.map(CallParser::new),
+                calls: Vec::new(),
+                pieces: Vec::new(),
             })
             .collect();
         Choices {
@@ -196,7 +274,7 @@ impl Choices {
                 logprob,
             } => {
                 let c = self.list.get_mut(index)?;
-                c.text.push_str(&text);
+                c.push_text(&text);
                 if let Some(lp) = logprob {
                     match self.shape {
                         Shape::Chat => c.chat.push(lp),
@@ -211,6 +289,8 @@ impl Choices {
                 completion_tokens,
             } => {
                 let c = self.list.get_mut(index)?;
+                let rest = c.parser.as_mut().map(CallParser::finish);
+                c.take(rest.unwrap_or_default());
                 c.finish = Some(reason);
                 c.tokens = completion_tokens;
                 Some(index)
@@ -239,14 +319,18 @@ impl Choices {
     fn whole(&mut self, i: usize) -> Value {
         let logprobs = self.take_logprobs(i);
         let c = &self.list[i];
-        let finish = c.finish.map(FinishReason::as_str);
+        let finish = c.finish_reason();
         match self.shape {
-            Shape::Chat => json!({
-                "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": null},
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }),
+            Shape::Chat => {
+                let mut message = json!({"role": "assistant", "content": c.text, "refusal": null});
+                if !c.calls.is_empty() {
+                    message["tool_calls"] = json!(c.calls);
+                    if c.text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                }
+                json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
+            }
             Shape::Completion => json!({
                 "index": i, "text": c.text, "logprobs": logprobs, "finish_reason": finish,
             }),
@@ -258,14 +342,17 @@ impl Choices {
         let logprobs = self.take_logprobs(i);
         let c = &mut self.list[i];
         let text = std::mem::take(&mut c.text);
-        let finish = c.finish.map(FinishReason::as_str);
+        let pieces = std::mem::take(&mut c.pieces);
+        let finish = c.finish_reason();
         match self.shape {
             Shape::Chat => {
-                let delta = if text.is_empty() && finish.is_some() {
-                    json!({})
-                } else {
-                    json!({"content": text})
-                };
+                let mut delta = json!({});
+                if !text.is_empty() || (finish.is_none() && pieces.is_empty()) {
+                    delta["content"] = json!(text);
+                }
+                if !pieces.is_empty() {
+                    delta["tool_calls"] = tool_call_deltas(pieces);
+                }
                 json!({"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
             Shape::Completion => {

@@ -11,7 +11,8 @@ use super::meter::Meter;
 use super::AppState;
 use crate::error::ApiError;
 use crate::infer::{
-    EmbedInput, EmbedModel, GenRequest, GenerateModel, InferError, ModelHandle, PromptInput,
+    Constraint, EmbedInput, EmbedModel, GenRequest, GenerateModel, InferError, ModelHandle,
+    PromptInput,
 };
 use crate::ledger::Outcome;
 use axum::extract::{Extension, Path, State};
@@ -64,10 +65,26 @@ pub async fn chat_generation(
 ) -> Result<Generated, ApiError> {
     req.unsupported.check()?;
     req.ignored.check()?;
-    let prompt = PromptInput::Chat(req.messages()?);
+    let output = req.output.output_spec()?;
+    let tools = output.tools.as_ref();
+    let prompt = PromptInput::Chat {
+        messages: req.messages()?,
+        tools: tools.map(|t| t.defs.clone()).unwrap_or_default(),
+    };
     let stream = (req.stream, req.stream_options.as_ref());
-    let call = Call::new(&req.model, Shape::Chat, include_usage(stream.1));
-    generate(state, caller, prompt, &req.sampling, call, stream.0).await
+    let mut call = Call::new(&req.model, Shape::Chat, include_usage(stream.1));
+    call.tools = tools.map(|t| t.may_answer());
+    let constraint = output.constraint;
+    generate(
+        state,
+        caller,
+        prompt,
+        &req.sampling,
+        constraint,
+        call,
+        stream.0,
+    )
+    .await
 }
 
 pub async fn completions(
@@ -77,6 +94,13 @@ pub async fn completions(
 ) -> AppResult {
     req.unsupported.check()?;
     req.ignored.check()?;
+    let output = req.output.output_spec()?;
+    if output.tools.is_some() {
+        return Err(ApiError::unsupported(
+            "tools",
+            "tools are served by /v1/chat/completions",
+        ));
+    }
     let prompt = match req.prompt {
         PromptField::Text(t) => PromptInput::Text(t),
         PromptField::Tokens(ids) => PromptInput::Tokens(ids),
@@ -93,12 +117,21 @@ pub async fn completions(
         call.echo = Some(match &prompt {
             PromptInput::Text(t) => t.clone(),
             PromptInput::Tokens(ids) => generator(&state, &req.model)?.detokenize(ids)?,
-            PromptInput::Chat(_) => String::new(),
+            PromptInput::Chat { .. } => String::new(),
         });
     }
-    generate(&state, &caller, prompt, &req.sampling, call, req.stream)
-        .await
-        .map(Generated::into_response)
+    let constraint = output.constraint;
+    generate(
+        &state,
+        &caller,
+        prompt,
+        &req.sampling,
+        constraint,
+        call,
+        req.stream,
+    )
+    .await
+    .map(Generated::into_response)
 }
 
 fn include_usage(options: Option<&StreamOptions>) -> bool {
@@ -112,6 +145,7 @@ async fn generate(
     caller: &Caller,
     prompt: PromptInput,
     fields: &SamplingFields,
+    constraint: Option<(Constraint, &'static str)>,
     mut call: Call,
     stream: bool,
 ) -> Result<Generated, ApiError> {
@@ -127,6 +161,7 @@ async fn generate(
         n: fields.n.unwrap_or(1),
         logprobs,
         prompt_logprobs: logprobs.is_some() && call.echo.is_some(),
+        constraint,
         class: caller.tenant.class,
         pool: caller.tenant.pool().map(str::to_string),
         tier: caller.tenant.tier.clone(),
@@ -254,7 +289,10 @@ pub async fn tokenize(
         ModelHandle::Generate(m) => {
             let input = match (req.prompt, req.messages) {
                 (Some(p), None) => PromptInput::Text(p),
-                (None, Some(messages)) => PromptInput::Chat(chat_messages(&messages)?),
+                (None, Some(messages)) => PromptInput::Chat {
+                    messages: chat_messages(&messages)?,
+                    tools: Vec::new(),
+                },
                 _ => {
                     return Err(ApiError::invalid(
                         "give exactly one of `prompt` or `messages`",

@@ -2,57 +2,10 @@
 //! `{token, logprob, bytes, top_logprobs}`) and legacy completions' parallel lists
 //! (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`).
 
+use crate::infer::token_bytes::token_bytes;
 use crate::infer::TokenLogprob;
 use serde_json::{json, Map, Value};
-use std::sync::OnceLock;
-use tokenizers::decoders::DecoderWrapper;
 use tokenizers::Tokenizer;
-
-/// A token's own bytes (a byte-level BPE token may hold part of a UTF-8 character, which is
-/// why OpenAI reports `bytes`).
-pub fn token_bytes(tokenizer: &Tokenizer, id: u32) -> Vec<u8> {
-    let byte_level = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
-    match tokenizer.id_to_token(id) {
-        Some(piece) if byte_level => {
-            let map = unicode_to_byte();
-            let mut out = Vec::with_capacity(piece.len());
-            for c in piece.chars() {
-                match map.get(&c) {
-                    Some(&b) => out.push(b),
-                    // Added tokens are stored as plain text.
-                    None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                }
-            }
-            out
-        }
-        _ => tokenizer
-            .decode(&[id], false)
-            .unwrap_or_default()
-            .into_bytes(),
-    }
-}
-
-/// The inverse of GPT-2's byte-to-character table, which byte-level BPE vocabularies use to
-/// spell every byte as a printable character.
-fn unicode_to_byte() -> &'static std::collections::HashMap<char, u8> {
-    static MAP: OnceLock<std::collections::HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        let printable =
-            |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
-        let mut next = 256u32;
-        (0..=255u8)
-            .map(|b| {
-                let c = if printable(b) {
-                    char::from(b)
-                } else {
-                    next += 1;
-                    char::from_u32(next - 1).expect("below the surrogates")
-                };
-                (c, b)
-            })
-            .collect()
-    })
-}
 
 /// A token as text and bytes; text shows a partial character as U+FFFD.
 fn token_text(tokenizer: &Tokenizer, id: u32) -> (String, Vec<u8>) {
@@ -138,15 +91,6 @@ impl CompletionLogprobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_byte_table_covers_every_byte_once() {
-        let map = unicode_to_byte();
-        assert_eq!(map.len(), 256);
-        assert_eq!(map[&'Ġ'], b' ');
-        assert_eq!(map[&'Ċ'], b'\n');
-        assert_eq!(map[&'a'], b'a');
-    }
 
     fn word_tokenizer(words: &[&str]) -> Tokenizer {
         use tokenizers::models::wordlevel::WordLevel;

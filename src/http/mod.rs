@@ -14,6 +14,8 @@ mod meter;
 mod responses;
 mod responses_out;
 mod responses_params;
+mod tool_calls;
+mod tools;
 
 pub use admin::metrics_text;
 pub use auth::{Caller, IpGuard};

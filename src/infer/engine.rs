@@ -4,6 +4,7 @@
 use super::embed::{self, EmbedKnobs, EmbedModel};
 use super::gen_worker::{self, WorkerContext};
 use super::generate::GenerateModel;
+use super::grammar::{GrammarLimits, Grammars};
 use super::policy::FairQueue;
 use super::queue::{ModelQueue, Pools};
 use super::InferError;
@@ -220,8 +221,16 @@ impl Engine {
                 Ok(Box::new(move || gen_worker::run(&mut *model, &ctx, index)))
             })?;
         }
+        let limits = &config.limits;
+        let grammar_limits = GrammarLimits {
+            max_bytes: limits.max_grammar_bytes,
+            max_size: limits.max_grammar_size,
+            compile_fuel: limits.grammar_compile_fuel,
+        };
+        let grammars = Grammars::new(tokenizer.clone(), &assets.eos_ids, grammar_limits)?;
         Ok(Arc::new(GenerateModel {
             name: mc.name.clone(),
+            grammars: Arc::new(grammars),
             tokenizer,
             template: assets.template.map(Arc::new),
             context_length,

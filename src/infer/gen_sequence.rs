@@ -61,7 +61,7 @@ impl Sequence {
         Sequence {
             slot,
             index: 0,
-            sampler: Sampler::new(job.sampling.clone(), &job.prompt),
+            sampler: Sampler::new(job.sampling.clone(), &job.prompt).with_grammar(job.grammar),
             prompt: job.prompt.into(),
             prefilled: 0,
             cost,
@@ -95,10 +95,11 @@ impl Sequence {
     pub fn sibling(&mut self, index: usize, slot: usize, per_choice: usize) -> Self {
         self.cost -= per_choice;
         let sampling = self.sampling.for_choice(index);
+        let grammar = self.sampler.grammar_mut().map(|g| g.fork());
         Sequence {
             slot,
             index,
-            sampler: Sampler::new(sampling.clone(), &self.prompt),
+            sampler: Sampler::new(sampling.clone(), &self.prompt).with_grammar(grammar),
             prompt: self.prompt.clone(),
             prefilled: self.prefilled,
             cost: per_choice,
@@ -129,7 +130,10 @@ impl Sequence {
 
     /// Samples the next token from `logits` and reports what it completes.
     pub fn accept(&mut self, ctx: &WorkerContext, logits: &[f32]) {
-        let token = self.sampler.sample(logits);
+        let (token, complete) = match self.sampler.sample(logits) {
+            Ok(sampled) => sampled,
+            Err(e) => return self.fail(&ctx.name, e),
+        };
         let logprob = self.logprobs.map(|k| TokenLogprob::of(logits, token, k));
         self.generated += 1;
         self.progress.generated.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +148,11 @@ impl Sequence {
         let step = self.stop.push(&text);
         self.delta(step.emit, logprob);
         if step.stopped {
+            self.finish(FinishReason::Stop);
+        } else if complete {
+            // The grammar allows nothing more: the output is whole.
+            let tail = self.stop.flush();
+            self.delta(tail, None);
             self.finish(FinishReason::Stop);
         } else if self.generated >= self.max_tokens {
             let tail = self.stop.flush();
@@ -207,6 +216,17 @@ impl Sequence {
             self.done = true;
             self.cancelled = true;
         }
+    }
+
+    /// The grammar's mask for the next step, if it has one (run while the model steps).
+    pub fn prepare_mask(&mut self) {
+        if let Some(g) = self.sampler.grammar_mut() {
+            g.prepare();
+        }
+    }
+
+    pub fn constrained(&self) -> bool {
+        self.sampler.has_grammar()
     }
 
     /// Whether the sequence should still run.

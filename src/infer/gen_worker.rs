@@ -6,6 +6,7 @@
 
 use super::gen_sequence::Sequence;
 use super::generate::{GenEvent, Progress};
+use super::grammar::Grammar;
 use super::logprobs::TokenLogprob;
 use super::policy::{BatchKnobs, SeqView, StepPlanner};
 use super::queue::ModelQueue;
@@ -28,6 +29,8 @@ pub(crate) struct GenJob {
     pub n: usize,
     pub logprobs: Option<usize>,
     pub prompt_logprobs: bool,
+    /// The output's compiled grammar (`response_format`, tools); each choice steps a copy.
+    pub grammar: Option<Grammar>,
     pub enqueued: std::time::Instant,
     pub queue_deadline: std::time::Instant,
     pub events: mpsc::Sender<GenEvent>,
@@ -333,7 +336,7 @@ fn decode_step(
         .map(|&i| (live[i].slot, live[i].last))
         .collect();
     let started = Instant::now();
-    let result = guarded(|| model.decode(&batch));
+    let result = while_masking(live, &active, || guarded(|| model.decode(&batch)));
     let took = started.elapsed();
     // The step's time is shared equally by the rows it decoded.
     let share = took.as_nanos() as u64 / active.len() as u64;
@@ -358,6 +361,25 @@ fn decode_step(
         }
     }
     Some((took, active.len()))
+}
+
+/// Runs `step` (the model's forward) while another thread computes the next grammar masks of
+/// the constrained rows among `indices`, so that they do not add to the step's time (nor
+/// to the unconstrained rows' inter-token latency).
+fn while_masking<T>(live: &mut [Sequence], indices: &[usize], step: impl FnOnce() -> T) -> T {
+    let mut constrained: Vec<&mut Sequence> = live
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, s)| indices.contains(i) && s.constrained())
+        .map(|(_, s)| s)
+        .collect();
+    if constrained.is_empty() {
+        return step();
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || constrained.iter_mut().for_each(|s| s.prepare_mask()));
+        step()
+    })
 }
 
 /// Runs one model call, turning an error or a panic inside candle into a message, so that a

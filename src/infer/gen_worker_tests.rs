@@ -82,6 +82,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         n: 1,
         logprobs: None,
         prompt_logprobs: false,
+        grammar: None,
         enqueued: std::time::Instant::now(),
         queue_deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         events: tx,

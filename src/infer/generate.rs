@@ -2,6 +2,7 @@
 //! and hand back a stream of events.
 
 use super::gen_worker::GenJob;
+use super::grammar::{Constraint, Grammar, Grammars};
 use super::logprobs::TokenLogprob;
 use super::queue::{Pools, Refused};
 use super::{blocking, InferError, SamplingParams};
@@ -17,8 +18,12 @@ use tokio::time::Instant;
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum PromptInput {
-    /// A conversation, rendered with the model's chat template.
-    Chat(Vec<ChatMessage>),
+    /// A conversation and the tools offered to it (OpenAI's function definitions), rendered
+    /// with the model's chat template.
+    Chat {
+        messages: Vec<ChatMessage>,
+        tools: Vec<serde_json::Value>,
+    },
     /// Raw text, tokenized as is.
     Text(String),
     /// Token ids, used as is.
@@ -30,7 +35,7 @@ impl PromptInput {
     /// a completion's its `prompt`.
     pub fn param(&self) -> &'static str {
         match self {
-            PromptInput::Chat(_) => "messages",
+            PromptInput::Chat { .. } => "messages",
             PromptInput::Text(_) | PromptInput::Tokens(_) => "prompt",
         }
     }
@@ -52,6 +57,9 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     /// Also the log-probabilities of the prompt's tokens (completions' `echo`).
     pub prompt_logprobs: bool,
+    /// What the output must match (`response_format`, tools), and the request field that
+    /// gave it, which errors name.
+    pub constraint: Option<(Constraint, &'static str)>,
     /// Scheduling class (the tenancy layer maps tiers to classes); 0 by default.
     pub class: usize,
     /// The dedicated tier whose replicas must run it; None: the shared replicas.
@@ -150,11 +158,21 @@ impl Progress {
 
 /// A request that passed validation: its prompt ids and output budget are known, so the
 /// tenancy layer can reserve tokens before it is queued.
-#[derive(Debug)]
 pub struct Prepared {
     prompt: Vec<u32>,
     max_tokens: usize,
+    grammar: Option<Grammar>,
     req: GenRequest,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("constrained", &self.grammar.is_some())
+            .finish()
+    }
 }
 
 impl Prepared {
@@ -275,6 +293,8 @@ pub struct GenerateModel {
     pub name: String,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<Arc<ChatTemplate>>,
+    /// The grammar compiler over this model's vocabulary (built at load).
+    pub(crate) grammars: Arc<Grammars>,
     /// Longest prompt + output, the smaller of the model's context and a slot's capacity.
     pub context_length: usize,
     /// Largest `n`: the configured `max_n`, capped by a replica's slots.
@@ -298,11 +318,31 @@ impl GenerateModel {
         self.check_choices(&req)?;
         let prompt = self.tokenize(req.prompt.clone(), true).await?;
         let max_tokens = self.check_lengths(prompt.len(), req.prompt.param(), req.max_tokens)?;
+        let grammar = self.compile(req.constraint.clone()).await?;
         Ok(Prepared {
             prompt,
             max_tokens,
+            grammar,
             req,
         })
+    }
+
+    /// The request's grammar, compiled off the async workers (bounded by `GrammarLimits`).
+    async fn compile(
+        &self,
+        constraint: Option<(Constraint, &'static str)>,
+    ) -> Result<Option<Grammar>, InferError> {
+        let Some((constraint, param)) = constraint else {
+            return Ok(None);
+        };
+        let grammars = self.grammars.clone();
+        blocking(move || {
+            grammars
+                .compile(&constraint)
+                .map(Some)
+                .map_err(|e| InferError::invalid(format!("Invalid `{param}`: {e}"), param))
+        })
+        .await
     }
 
     /// `prepare`, then `enqueue`.
@@ -318,6 +358,7 @@ impl GenerateModel {
         let Prepared {
             prompt,
             max_tokens,
+            grammar,
             req,
         } = prepared;
         // Room for every event the request can produce, so the worker's sends never block
@@ -336,6 +377,7 @@ impl GenerateModel {
             n,
             logprobs: req.logprobs,
             prompt_logprobs: req.prompt_logprobs,
+            grammar,
             enqueued: std::time::Instant::now(),
             queue_deadline: std::time::Instant::now() + queue_timeout,
             events: tx,
@@ -414,7 +456,7 @@ impl GenerateModel {
         let (text, add_special) = match input {
             PromptInput::Tokens(ids) => return self.check_ids(ids, "prompt"),
             PromptInput::Text(text) => (text, add_special),
-            PromptInput::Chat(messages) => (self.render_chat(&messages)?, false),
+            PromptInput::Chat { messages, tools } => (self.render_chat(&messages, &tools)?, false),
         };
         let tokenizer = self.tokenizer.clone();
         blocking(move || {
@@ -439,13 +481,17 @@ impl GenerateModel {
         self.queues.served_tokens()
     }
 
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError> {
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<String, InferError> {
         let template = self.template.as_ref().ok_or(InferError::WrongKind {
             model: self.name.clone(),
             what: "chat (it has no chat template)",
         })?;
         template
-            .render(messages, true)
+            .render(messages, tools, true)
             .map_err(|e| InferError::invalid(e.to_string(), "messages"))
     }
 

@@ -10,12 +10,14 @@ mod gen_checks;
 mod gen_sequence;
 mod gen_worker;
 mod generate;
+mod grammar;
 pub mod logprobs;
 pub mod policy;
 mod queue;
 pub mod sampling;
 pub mod share;
 pub mod text;
+pub mod token_bytes;
 
 pub use embed::{EmbedInput, EmbedModel, EmbedOutput};
 pub use engine::{Engine, ModelHandle, ReplicaInfo};
@@ -23,6 +25,7 @@ pub use generate::{
     Counters, FinishReason, GenEvent, GenRequest, GenStream, GenerateModel, Prepared, Progress,
     PromptInput,
 };
+pub use grammar::{with_layout, Constraint, GrammarLimits};
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use policy::BatchKnobs;
 pub use sampling::SamplingParams;

@@ -5,14 +5,16 @@
 //!    `logit[t] -= count[t] * frequency_penalty + (count[t] > 0) * presence_penalty`;
 //! 3. `repetition_penalty` (vLLM's extension; prompt and output tokens): a seen token's
 //!    logit is divided by the penalty when positive and multiplied by it when negative;
-//! 4. (the seam for a grammar mask: a future stage that sets disallowed tokens to -inf);
+//! 4. the grammar mask (`response_format`, tools): tokens the request's grammar does not
+//!    allow next get -inf (see `grammar`);
 //! 5. temperature 0 (or top_k 1): argmax, exact; otherwise temperature, then top_k, top_p
 //!    and min_p over the tempered distribution, then a draw from the sequence's own seeded
 //!    generator, so the same seed gives the same text alone or in a batch.
 //!
-//! Stages 1-3 run only when the request set them, on a scratch copy: the raw logits stay
+//! Stages 1-4 run only when the request set them, on a scratch copy: the raw logits stay
 //! intact for log-probabilities, and a request that sets nothing pays nothing.
 
+use super::grammar::Grammar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -82,7 +84,9 @@ pub struct Sampler {
     counts: HashMap<u32, u32>,
     /// Tokens of the prompt and the output (repetition penalty only).
     seen: std::collections::HashSet<u32>,
-    /// Logits after stages 1-3, when any is set.
+    /// The output's grammar, if the request constrains it.
+    grammar: Option<Grammar>,
+    /// Logits after stages 1-4, when any is set.
     adjusted: Vec<f32>,
     /// Scratch buffer of (token, probability), reused across steps.
     candidates: Vec<(u32, f32)>,
@@ -101,18 +105,38 @@ impl Sampler {
             params,
             counts: HashMap::new(),
             seen,
+            grammar: None,
             adjusted: Vec::new(),
             candidates: Vec::new(),
         }
     }
 
-    /// Picks the next token and records it in the sequence's history.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let token = if self.params.adjusts_logits() {
+    /// Holds the output to `grammar` (stage 4).
+    pub fn with_grammar(mut self, grammar: Option<Grammar>) -> Self {
+        self.grammar = grammar;
+        self
+    }
+
+    /// The grammar, for a copy at the same position (n > 1) or to prepare its next mask.
+    pub fn grammar_mut(&mut self) -> Option<&mut Grammar> {
+        self.grammar.as_mut()
+    }
+
+    pub fn has_grammar(&self) -> bool {
+        self.grammar.is_some()
+    }
+
+    /// Picks the next token and records it in the sequence's history. Returns the token and
+    /// whether it completed the grammar; an error is the grammar's (its work limits).
+    pub fn sample(&mut self, logits: &[f32]) -> Result<(u32, bool), String> {
+        let token = if self.params.adjusts_logits() || self.grammar.is_some() {
             let mut adjusted = std::mem::take(&mut self.adjusted);
             adjusted.clear();
             adjusted.extend_from_slice(logits);
             self.adjust(&mut adjusted);
+            if let Some(g) = &mut self.grammar {
+                g.mask(&mut adjusted)?;
+            }
             let token = self.draw(&adjusted);
             self.adjusted = adjusted;
             token
@@ -120,7 +144,11 @@ impl Sampler {
             self.draw(logits)
         };
         self.record(token);
-        token
+        let complete = match &mut self.grammar {
+            Some(g) => g.commit(token)?,
+            None => false,
+        };
+        Ok((token, complete))
     }
 
     fn record(&mut self, token: u32) {

@@ -1,5 +1,12 @@
 use super::*;
 
+impl Sampler {
+    /// The sampled token, for pipelines without a grammar (which cannot fail).
+    fn pick(&mut self, logits: &[f32]) -> u32 {
+        self.sample(logits).expect("no grammar").0
+    }
+}
+
 fn params(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> SamplingParams {
     SamplingParams {
         temperature,
@@ -17,7 +24,7 @@ fn greedy() -> SamplingParams {
 #[test]
 fn zero_temperature_is_argmax() {
     let mut s = Sampler::new(greedy(), &[]);
-    assert_eq!(s.sample(&[0.1, 3.0, 2.9, -1.0]), 1);
+    assert_eq!(s.pick(&[0.1, 3.0, 2.9, -1.0]), 1);
 }
 
 #[test]
@@ -25,7 +32,7 @@ fn same_seed_gives_same_sequence() {
     let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
     let run = |seed| {
         let mut s = Sampler::new(params(1.0, 1.0, 0, seed), &[]);
-        (0..20).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        (0..20).map(|_| s.pick(&logits)).collect::<Vec<_>>()
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -43,7 +50,7 @@ fn top_k_restricts_to_the_k_most_likely() {
     let logits = [5.0, 4.9, 0.0, 0.1, 4.8];
     let mut s = Sampler::new(params(5.0, 1.0, 2, 3), &[]);
     for _ in 0..200 {
-        assert!(matches!(s.sample(&logits), 0 | 1));
+        assert!(matches!(s.pick(&logits), 0 | 1));
     }
 }
 
@@ -54,7 +61,7 @@ fn top_p_keeps_the_smallest_set_reaching_the_mass() {
     let mut s = Sampler::new(params(1.0, 0.8, 0, 11), &[]);
     let mut seen = [0usize; 4];
     for _ in 0..500 {
-        seen[s.sample(&logits) as usize] += 1;
+        seen[s.pick(&logits) as usize] += 1;
     }
     assert_eq!(seen[2] + seen[3], 0);
     assert!(seen[0] > seen[1] && seen[1] > 0);
@@ -73,7 +80,7 @@ fn min_p_drops_tokens_below_the_fraction_of_the_best() {
     );
     let mut seen = [0usize; 4];
     for _ in 0..500 {
-        seen[s.sample(&logits) as usize] += 1;
+        seen[s.pick(&logits) as usize] += 1;
     }
     assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
     assert!(seen[1] > 0);
@@ -83,7 +90,7 @@ fn min_p_drops_tokens_below_the_fraction_of_the_best() {
 fn sampling_follows_the_distribution() {
     // p = [0.5, 0.5] at temperature 1: both appear in roughly equal shares.
     let mut s = Sampler::new(params(1.0, 1.0, 0, 5), &[]);
-    let ones = (0..2000).filter(|_| s.sample(&[0.0, 0.0]) == 1).count();
+    let ones = (0..2000).filter(|_| s.pick(&[0.0, 0.0]) == 1).count();
     assert!((800..1200).contains(&ones), "{ones}");
 }
 
@@ -94,13 +101,13 @@ fn negative_bias_bans_the_best_token_and_positive_bias_forces_another() {
         logit_bias: Arc::new([(1, -100.0)]),
         ..greedy()
     };
-    assert_eq!(Sampler::new(banned, &[]).sample(&logits), 2);
+    assert_eq!(Sampler::new(banned, &[]).pick(&logits), 2);
     let forced = SamplingParams {
         logit_bias: Arc::new([(0, 100.0)]),
         ..params(1.0, 1.0, 0, 9)
     };
     let mut s = Sampler::new(forced, &[]);
-    assert!((0..100).all(|_| s.sample(&logits) == 0));
+    assert!((0..100).all(|_| s.pick(&logits) == 0));
 }
 
 #[test]
@@ -114,7 +121,7 @@ fn frequency_penalty_grows_with_each_repeat() {
         },
         &[],
     );
-    let picks: Vec<u32> = (0..3).map(|_| s.sample(&logits)).collect();
+    let picks: Vec<u32> = (0..3).map(|_| s.pick(&logits)).collect();
     assert_eq!(picks, [0, 0, 1]);
 }
 
@@ -129,7 +136,7 @@ fn presence_penalty_counts_a_token_once() {
         },
         &[],
     );
-    assert!((0..5).all(|_| s.sample(&logits) == 0));
+    assert!((0..5).all(|_| s.pick(&logits) == 0));
     let mut stronger = Sampler::new(
         SamplingParams {
             presence_penalty: 2.0,
@@ -138,7 +145,7 @@ fn presence_penalty_counts_a_token_once() {
         &[],
     );
     // 2.0 makes 0 lose after its first use, and 1 after its own: they alternate.
-    let picks: Vec<u32> = (0..3).map(|_| stronger.sample(&logits)).collect();
+    let picks: Vec<u32> = (0..3).map(|_| stronger.pick(&logits)).collect();
     assert_eq!(picks, [0, 1, 0]);
 }
 
@@ -154,7 +161,7 @@ fn negative_presence_penalty_favours_repeats() {
         &[],
     );
     // First pick: 1.5 vs 1.2 -> 0; then 0 gains 1.0 more and stays.
-    assert!((0..4).all(|_| s.sample(&logits) == 0));
+    assert!((0..4).all(|_| s.pick(&logits) == 0));
 }
 
 #[test]
@@ -164,9 +171,9 @@ fn repetition_penalty_covers_prompt_tokens_and_both_signs() {
         repetition_penalty: 2.0,
         ..greedy()
     };
-    assert_eq!(Sampler::new(p.clone(), &[0]).sample(&[3.0, 2.0]), 1);
+    assert_eq!(Sampler::new(p.clone(), &[0]).pick(&[3.0, 2.0]), 1);
     // A negative seen logit is multiplied: -1.0 * 2 = -2.0 < -1.5.
-    assert_eq!(Sampler::new(p, &[0]).sample(&[-1.0, -1.5]), 1);
+    assert_eq!(Sampler::new(p, &[0]).pick(&[-1.0, -1.5]), 1);
 }
 
 #[test]
@@ -180,6 +187,6 @@ fn raw_logits_are_left_untouched() {
         },
         &[],
     );
-    s.sample(&logits);
+    s.pick(&logits);
     assert_eq!(logits, [1.0, 5.0, 2.0]);
 }

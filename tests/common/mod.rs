@@ -66,6 +66,8 @@ pub fn test_config() -> Config {
         replica.device = test_device();
     }
     config.limits.max_body_bytes = 64 * 1024;
+    // Below the body limit, so that a body can carry a grammar over it.
+    config.limits.max_grammar_bytes = 16 * 1024;
     let t = &mut config.tenancy;
     t.auth = AuthMode::Off;
     t.anonymous_tier = "open".into();
