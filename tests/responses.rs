@@ -230,3 +230,168 @@ async fn responses_are_counted_under_their_own_route_label() {
     });
     assert!(counted, "{text}");
 }
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "name": "get_weather", "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                       "required": ["city"], "additionalProperties": false}})
+}
+
+fn weather_body(extra: Value) -> Value {
+    let mut body = responses_body(json!({"input": "What is the weather in Paris?",
+        "tools": [weather_tool()], "tool_choice": "required", "parallel_tool_calls": false,
+        "max_output_tokens": 60}));
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// `(name, arguments)` of each `function_call` item of a Response.
+fn calls_of(response: &Value) -> Vec<(String, String)> {
+    let items = response["output"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .filter(|item| item["type"] == "function_call")
+        .map(|item| {
+            assert!(
+                item["call_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("call_")),
+                "{item}"
+            );
+            let name = item["name"].as_str().unwrap_or_default().to_string();
+            (
+                name,
+                item["arguments"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn flat_function_tools_answer_function_call_items_as_chat_would() {
+    let (status, r) = post(server(), "/v1/responses", weather_body(json!({}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "completed", "{r}");
+    let calls = calls_of(&r);
+    assert_eq!(
+        calls.len(),
+        1,
+        "parallel_tool_calls: false reached chat: {r}"
+    );
+    let chat = json!({"model": CHAT_MODEL, "temperature": 0, "max_tokens": 60, "tool_choice": "required",
+        "parallel_tool_calls": false,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+            "parameters": weather_tool()["parameters"]}}]});
+    let (_, chat) = post(server(), "/v1/chat/completions", chat).await;
+    let expected: Vec<(String, String)> = chat["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let f = &c["function"];
+            (
+                f["name"].as_str().unwrap_or_default().to_string(),
+                f["arguments"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(calls, expected);
+    for (name, arguments) in &calls {
+        assert_eq!(name, "get_weather");
+        let args: Value = serde_json::from_str(arguments).expect("arguments are JSON");
+        assert!(args["city"].is_string(), "{args}");
+    }
+}
+
+#[tokio::test]
+async fn streamed_function_calls_send_argument_deltas_that_join_to_the_whole_answer() {
+    let (_, whole) = post(server(), "/v1/responses", weather_body(json!({}))).await;
+    let events = stream_events(weather_body(json!({"stream": true}))).await;
+    let types: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        types.last().copied(),
+        Some("response.completed"),
+        "{types:?}"
+    );
+    let added: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_item.added")
+        .map(|(_, d)| &d["item"])
+        .collect();
+    assert!(
+        added
+            .iter()
+            .all(|item| item["type"] == "function_call" && item["arguments"] == ""),
+        "{added:?}"
+    );
+    let mut streamed: Vec<(String, String)> = Vec::new();
+    for (name, data) in &events {
+        let index = data["output_index"].as_u64().unwrap_or(0) as usize;
+        match name.as_str() {
+            "response.output_item.added" => streamed.push((
+                data["item"]["name"].as_str().unwrap_or_default().into(),
+                String::new(),
+            )),
+            "response.function_call_arguments.delta" => streamed[index]
+                .1
+                .push_str(data["delta"].as_str().unwrap_or_default()),
+            "response.function_call_arguments.done" => {
+                assert_eq!(data["arguments"], streamed[index].1.as_str())
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(streamed, calls_of(&whole));
+    assert_eq!(
+        calls_of(&events.last().expect("events").1["response"]),
+        streamed
+    );
+}
+
+#[tokio::test]
+async fn a_function_call_output_in_the_input_is_served() {
+    let input = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees and sunny"},
+    ]);
+    let body = weather_body(json!({"input": input, "tool_choice": "auto"}));
+    let (status, r) = post(server(), "/v1/responses", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["usage"]["input_tokens"].as_u64().unwrap_or(0) > 37, "{r}");
+    let unknown = json!([{"type": "function_call_output", "call_id": "call_9", "output": "x"}]);
+    let (status, r) = post(
+        server(),
+        "/v1/responses",
+        weather_body(json!({"input": unknown})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_of(&r)["param"], "input[0].call_id");
+}
+
+#[tokio::test]
+async fn a_json_schema_text_format_holds_the_output_text_to_the_schema() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"], "additionalProperties": false});
+    let format = json!({"type": "json_schema", "name": "answer", "strict": true, "schema": schema});
+    let body = responses_body(json!({"text": {"format": format}, "max_output_tokens": 40}));
+    let (status, r) = post(server(), "/v1/responses", body).await;
+    assert_eq!(status, 200, "{r}");
+    let answer: Value =
+        serde_json::from_str(&output_text(&r)).unwrap_or_else(|e| panic!("{e}: {r}"));
+    assert!(answer["city"].is_string(), "{answer}");
+    assert_eq!(r["text"]["format"]["name"], "answer");
+    let bad = json!({"type": "json_schema", "name": "x", "schema": {"type": "banana"}});
+    let (status, r) = post(
+        server(),
+        "/v1/responses",
+        responses_body(json!({"text": {"format": bad}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_of(&r)["param"], "text.format.schema");
+}
