@@ -1,9 +1,9 @@
 //! Running a generation request and shaping its output as a chat completion or a text
 //! completion, whole or as a stream of chunks: one choice per `n`, each with its text, finish
-//! reason and, when asked, log-probabilities. Both are JSON values until the last step, so
-//! that `/v1/responses` can reshape chat's; chat and completions encode them as JSON or as SSE
-//! ending with `data: [DONE]` (`Generated::into_response`).
+//! reason and, when asked, log-probabilities. Both are JSON values (`answer.rs`) until the
+//! last step, so that `/v1/responses` can reshape chat's.
 
+use super::answer::{Answer, Generated};
 use super::dto::Usage;
 use super::logprobs::{self, CompletionLogprobs};
 use super::meter::Meter;
@@ -15,13 +15,9 @@ use crate::infer::{
 use crate::ledger::Outcome;
 use crate::tenancy::{headers, RateStatus};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
@@ -71,44 +67,6 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A generation's answer before its encoding, with the headers that go with it (rate status,
-/// prompt tokens and, when whole, the bill).
-pub struct Generated {
-    pub answer: Answer,
-    pub headers: HeaderMap,
-}
-
-pub enum Answer {
-    /// The whole chat or text completion.
-    Whole(Value),
-    /// Its chunks as they come; an error ends the stream. Dropping it cancels the request.
-    Chunks(BoxStream<'static, Result<Value, ApiError>>),
-}
-
-impl Generated {
-    /// Chat and completions' encoding: JSON, or SSE `data:` lines closed by `data: [DONE]`
-    /// (after an error too, as OpenAI does).
-    pub fn into_response(self) -> Response {
-        let mut response = match self.answer {
-            Answer::Whole(body) => Json(body).into_response(),
-            Answer::Chunks(chunks) => {
-                let events = chunks
-                    .map(|chunk| match chunk {
-                        Ok(value) => value.to_string(),
-                        Err(error) => error.body_json(),
-                    })
-                    .chain(futures_util::stream::once(async { "[DONE]".to_string() }))
-                    .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
-                Sse::new(events)
-                    .keep_alive(KeepAlive::default())
-                    .into_response()
-            }
-        };
-        response.headers_mut().extend(self.headers);
-        response
-    }
 }
 
 /// Queues the admitted request; errors before the first token are returned here (ordinary

@@ -1,12 +1,13 @@
 //! Route handlers.
 
+use super::answer::Generated;
 use super::auth::Caller;
 use super::dto::{
     chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
     EmbeddingRequest, PromptField, SamplingFields, StreamOptions, TokenizeRequest,
 };
 use super::extract::ApiJson;
-use super::generation::{respond, Call, Generated, Shape};
+use super::generation::{respond, Call, Shape};
 use super::meter::Meter;
 use super::AppState;
 use crate::error::ApiError;

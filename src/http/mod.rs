@@ -3,6 +3,7 @@
 //! answer. `auth::gate` runs in front of every route.
 
 mod admin;
+mod answer;
 mod auth;
 mod dto;
 mod extract;

@@ -8,10 +8,10 @@
 //! (`previous_response_id`, `conversation`, `GET /v1/responses/{id}`) is refused, and fields
 //! we do not implement are accepted at their neutral values only, as on the chat path.
 
+use super::answer::Answer;
 use super::auth::Caller;
 use super::dto::ChatRequest;
 use super::extract::{ApiJson, RequestBody};
-use super::generation::Answer;
 use super::handlers::chat_generation;
 use super::responses_out::{events, Shell};
 use super::responses_params::{Origin, ParamMap};
