@@ -38,6 +38,14 @@ fn run_sdk_script(name: &str, args: &[String]) {
     assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
+/// `BASE_URL MODEL` pairs of both chat models, as the scripts for both take them.
+fn chat_model_args() -> Vec<String> {
+    chat_models()
+        .iter()
+        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
+        .collect()
+}
+
 #[test]
 fn openai_python_sdk_chat_stream_embeddings_and_typed_errors() {
     run_sdk_script("test_openai_sdk.py", &[server().url("/v1")]);
@@ -58,20 +66,19 @@ fn openai_python_sdk_retries_rate_limits_and_not_spent_budgets() {
 /// logprobs, n, penalties, logit_bias and echo as the SDK's typed objects, on both chat models.
 #[test]
 fn openai_python_sdk_sampling_fields_on_both_chat_models() {
-    let args: Vec<String> = chat_models()
-        .iter()
-        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
-        .collect();
-    run_sdk_script("test_sdk_sampling.py", &args);
+    run_sdk_script("test_sdk_sampling.py", &chat_model_args());
+}
+
+/// The Responses API (`responses.create`, whole and streamed, `responses.stream`, function
+/// calls) as the SDK's typed objects, on both chat models.
+#[test]
+fn openai_python_sdk_responses_on_both_chat_models() {
+    run_sdk_script("test_sdk_responses.py", &chat_model_args());
 }
 
 /// Structured outputs and tools as the SDK and langchain-openai use them, on both chat models:
 /// `parse()` into pydantic models, required and named calls, streamed calls, 20 samples.
 #[test]
 fn openai_python_sdk_structured_outputs_and_tools_on_both_chat_models() {
-    let args: Vec<String> = chat_models()
-        .iter()
-        .flat_map(|(server, model)| [server.url("/v1"), model.to_string()])
-        .collect();
-    run_sdk_script("test_sdk_structured.py", &args);
+    run_sdk_script("test_sdk_structured.py", &chat_model_args());
 }

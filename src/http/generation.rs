@@ -1,7 +1,9 @@
 //! Running a generation request and shaping its output as a chat completion or a text
-//! completion, whole (JSON) or streamed (SSE ending with `data: [DONE]`): one choice per
-//! `n`, each with its text, finish reason and, when asked, log-probabilities.
+//! completion, whole or as a stream of chunks: one choice per `n`, each with its text, finish
+//! reason and, when asked, log-probabilities. Both are JSON values (`answer.rs`) until the
+//! last step, so that `/v1/responses` can reshape chat's.
 
+use super::answer::{Answer, Generated};
 use super::dto::Usage;
 use super::logprobs::{self, CompletionLogprobs};
 use super::meter::Meter;
@@ -12,12 +14,10 @@ use crate::infer::{
 };
 use crate::ledger::Outcome;
 use crate::tenancy::{headers, RateStatus};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{HeaderMap, HeaderValue};
+use futures_util::stream::StreamExt;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
@@ -69,9 +69,9 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Queues the admitted request; errors before the first token become ordinary HTTP errors,
-/// errors after it become an error event at the end of the stream. `meter` is ended with
-/// the outcome, or by its drop if the client leaves first.
+/// Queues the admitted request; errors before the first token are returned here (ordinary
+/// HTTP errors), errors after it end the stream of chunks. `meter` is ended with the
+/// outcome, or by its drop if the client leaves first.
 pub async fn respond(
     model: &GenerateModel,
     prepared: Prepared,
@@ -79,7 +79,7 @@ pub async fn respond(
     stream: bool,
     mut meter: Meter,
     status: RateStatus,
-) -> Result<Response, ApiError> {
+) -> Result<Generated, ApiError> {
     let gen = match model.enqueue(prepared).await {
         Ok(gen) => gen,
         Err(e) => {
@@ -90,16 +90,19 @@ pub async fn respond(
     meter.running(gen.progress.clone());
     let prompt_tokens = gen.prompt_tokens;
     let choices = Choices::new(&call, gen.n, model.tokenizer.clone());
-    let mut response = if stream {
-        sse(gen, call, choices, meter)
+    let (answer, mut head) = if stream {
+        (chunks(gen, call, choices, meter), HeaderMap::new())
     } else {
-        collect(gen, call, choices, meter).await?
+        let (body, head) = collect(gen, call, choices, meter).await?;
+        (Answer::Whole(body), head)
     };
-    headers::insert_status(response.headers_mut(), &status);
-    if let Ok(v) = prompt_tokens.to_string().parse() {
-        response.headers_mut().entry("x-prompt-tokens").or_insert(v);
-    }
-    Ok(response)
+    headers::insert_status(&mut head, &status);
+    head.entry("x-prompt-tokens")
+        .or_insert(HeaderValue::from(prompt_tokens));
+    Ok(Generated {
+        answer,
+        headers: head,
+    })
 }
 
 /// What each choice has produced and not yet shown (a stream takes it chunk by chunk).
@@ -322,7 +325,7 @@ async fn collect(
     call: Call,
     mut choices: Choices,
     meter: Meter,
-) -> Result<Response, ApiError> {
+) -> Result<(Value, HeaderMap), ApiError> {
     loop {
         match gen.next().await {
             Some(GenEvent::Failed(e)) => {
@@ -347,7 +350,7 @@ async fn collect(
         Shape::Chat => "chat.completion",
         Shape::Completion => "text_completion",
     };
-    let mut response = Json(json!({
+    let body = json!({
         "id": call.id,
         "object": object,
         "created": call.created,
@@ -355,25 +358,25 @@ async fn collect(
         "system_fingerprint": null,
         "choices": list,
         "usage": usage,
-    }))
-    .into_response();
+    });
+    let mut head = HeaderMap::new();
     if let Some(bill) = bill {
-        bill.insert_headers(response.headers_mut());
+        bill.insert_headers(&mut head);
     }
-    Ok(response)
+    Ok((body, head))
 }
 
 struct StreamState {
     gen: GenStream,
     call: Call,
     choices: Choices,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Result<Value, ApiError>>,
     done: bool,
     /// Taken when the stream ends; still here if the client leaves first (its drop bills).
     meter: Option<Meter>,
 }
 
-fn sse(gen: GenStream, call: Call, mut choices: Choices, meter: Meter) -> Response {
+fn chunks(gen: GenStream, call: Call, mut choices: Choices, meter: Meter) -> Answer {
     let mut pending = VecDeque::new();
     for i in 0..gen.n {
         // Chat opens each choice with its role; completions' echo shows the prompt first.
@@ -387,7 +390,7 @@ fn sse(gen: GenStream, call: Call, mut choices: Choices, meter: Meter) -> Respon
             Shape::Completion if call.echo.is_some() && !call.logprobs => Some(choices.delta(i)),
             Shape::Completion => None,
         };
-        pending.extend(first.map(|c| chunk(&call, c)));
+        pending.extend(first.map(|c| Ok(chunk(&call, c))));
     }
     let state = StreamState {
         gen,
@@ -397,16 +400,13 @@ fn sse(gen: GenStream, call: Call, mut choices: Choices, meter: Meter) -> Respon
         done: false,
         meter: Some(meter),
     };
-    let events = futures_util::stream::unfold(state, next_event);
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Answer::Chunks(futures_util::stream::unfold(state, next_chunk).boxed())
 }
 
-async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, StreamState)> {
+async fn next_chunk(mut st: StreamState) -> Option<(Result<Value, ApiError>, StreamState)> {
     loop {
-        if let Some(event) = st.pending.pop_front() {
-            return Some((Ok(event), st));
+        if let Some(chunk) = st.pending.pop_front() {
+            return Some((chunk, st));
         }
         if st.done {
             return None;
@@ -416,7 +416,7 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
             Some(event) => {
                 if let Some(i) = st.choices.apply(event) {
                     let choice = st.choices.delta(i);
-                    st.pending.push_back(chunk(&st.call, choice));
+                    st.pending.push_back(Ok(chunk(&st.call, choice)));
                 }
             }
             None if st.choices.list.iter().all(|c| c.finish.is_some()) => st.finish(),
@@ -437,10 +437,8 @@ impl StreamState {
             let usage = Usage::new(self.gen.prompt_tokens, completion_tokens);
             let mut last = chunk_value(&self.call, None);
             last["usage"] = json!(usage);
-            self.pending
-                .push_back(Event::default().data(last.to_string()));
+            self.pending.push_back(Ok(last));
         }
-        self.pending.push_back(Event::default().data("[DONE]"));
         self.done = true;
     }
 
@@ -448,16 +446,13 @@ impl StreamState {
         if let Some(meter) = self.meter.take() {
             meter.fail(&error);
         }
-        let error = ApiError::from(error);
-        self.pending
-            .push_back(Event::default().data(error.body_json()));
-        self.pending.push_back(Event::default().data("[DONE]"));
+        self.pending.push_back(Err(ApiError::from(error)));
         self.done = true;
     }
 }
 
-fn chunk(call: &Call, choice: Value) -> Event {
-    Event::default().data(chunk_value(call, Some(choice)).to_string())
+fn chunk(call: &Call, choice: Value) -> Value {
+    chunk_value(call, Some(choice))
 }
 
 /// One streamed chunk. With `include_usage`, OpenAI sends `"usage": null` on every chunk but

@@ -1,5 +1,6 @@
 //! Route handlers.
 
+use super::answer::Generated;
 use super::auth::Caller;
 use super::dto::{
     chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
@@ -52,6 +53,17 @@ pub async fn chat(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> AppResult {
+    chat_generation(&state, &caller, req)
+        .await
+        .map(Generated::into_response)
+}
+
+/// A chat request's answer before its encoding (`/v1/responses` reshapes it).
+pub async fn chat_generation(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    req: ChatRequest,
+) -> Result<Generated, ApiError> {
     req.unsupported.check()?;
     req.ignored.check()?;
     let output = req.output.output_spec()?;
@@ -65,8 +77,8 @@ pub async fn chat(
     call.tools = tools.map(|t| t.may_answer());
     let constraint = output.constraint;
     generate(
-        &state,
-        &caller,
+        state,
+        caller,
         prompt,
         &req.sampling,
         constraint,
@@ -120,6 +132,7 @@ pub async fn completions(
         req.stream,
     )
     .await
+    .map(Generated::into_response)
 }
 
 fn include_usage(options: Option<&StreamOptions>) -> bool {
@@ -136,7 +149,7 @@ async fn generate(
     constraint: Option<(Constraint, &'static str)>,
     mut call: Call,
     stream: bool,
-) -> AppResult {
+) -> Result<Generated, ApiError> {
     let model = generator(state, &call.model)?;
     let logprobs = fields.logprobs(call.shape == Shape::Chat)?;
     call.logprobs = logprobs.is_some();

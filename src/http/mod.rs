@@ -3,6 +3,7 @@
 //! answer. `auth::gate` runs in front of every route.
 
 mod admin;
+mod answer;
 mod auth;
 mod dto;
 mod extract;
@@ -11,6 +12,9 @@ mod handlers;
 mod logprobs;
 mod messages;
 mod meter;
+mod responses;
+mod responses_out;
+mod responses_params;
 mod tool_calls;
 mod tools;
 
@@ -47,6 +51,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::not_stored).delete(responses::not_stored),
+        )
+        .route("/v1/responses/{id}/input_items", get(responses::not_stored))
+        .route("/v1/responses/{id}/cancel", post(responses::not_stored))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
         .route("/tokenize", post(handlers::tokenize))
