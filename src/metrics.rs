@@ -75,6 +75,8 @@ pub struct Metrics {
     pub decode_step: HistogramVec,
     pub batch_size: HistogramVec,
     pub cancelled_slots: IntCounterVec,
+    /// model, replica: times a replica died after loading and was loaded again.
+    pub replica_restarts: IntCounterVec,
     pub running: IntGaugeVec,
     pub kv_slots_used: IntGaugeVec,
     pub kv_slots_total: IntGaugeVec,
@@ -185,6 +187,11 @@ impl Metrics {
                 MR,
                 BATCH_BUCKETS,
             ),
+            replica_restarts: counter(
+                "tiergate_replica_restarts_total",
+                "Times a replica died after loading (a panic outside a model call) and was loaded again.",
+                MR,
+            ),
             cancelled_slots: counter(
                 "tiergate_cancelled_slots_total",
                 "Sequences dropped from a batch because their client left or timed out.",
@@ -239,6 +246,7 @@ impl Metrics {
             Box::new(self.decode_step.clone()),
             Box::new(self.batch_size.clone()),
             Box::new(self.cancelled_slots.clone()),
+            Box::new(self.replica_restarts.clone()),
             Box::new(self.running.clone()),
             Box::new(self.kv_slots_used.clone()),
             Box::new(self.kv_slots_total.clone()),

@@ -347,11 +347,7 @@ pub async fn ready(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let status = if code == StatusCode::OK {
-        "ready"
-    } else {
-        "loading"
-    };
+    let status = state.engine.status();
     if caller.is_none() {
         return (code, Json(json!({"status": status}))).into_response();
     }
@@ -359,7 +355,7 @@ pub async fn ready(
         .engine
         .replicas
         .iter()
-        .map(|r| json!({"model": r.model, "replica": r.index, "device": r.device, "ready": r.is_ready()}))
+        .map(|r| json!({"model": r.model, "replica": r.index, "device": r.device, "ready": r.is_ready(), "state": r.state()}))
         .collect();
     let models: serde_json::Map<String, Value> = state
         .engine

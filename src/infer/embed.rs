@@ -3,7 +3,7 @@
 //! together are sorted by length before they are cut into forward passes, so similar lengths
 //! share a pass and little compute goes to padding.
 
-use super::queue::{ModelQueue, Pools, Refused};
+use super::queue::{ModelQueue, Pools, Refusable, Refused};
 use super::{blocking, InferError};
 use crate::backend::Embedder;
 use crate::config::Limits;
@@ -52,6 +52,12 @@ pub(crate) struct Done {
     replica: usize,
     queued: Duration,
     device_seconds: f64,
+}
+
+impl Refusable for EmbedJob {
+    fn refuse(self, error: InferError) {
+        let _ = self.reply.send(Err(error));
+    }
 }
 
 impl EmbedJob {
@@ -126,6 +132,9 @@ impl EmbedModel {
                 model: self.name.clone(),
                 pool: pool.unwrap_or("shared").to_string(),
             })?;
+        if !queue.is_serving() {
+            return Err(InferError::NotReady(self.name.clone()));
+        }
         queue
             .push(class, cost, job)
             .map_err(|refused| match refused {

@@ -6,7 +6,7 @@ use super::gen_worker::{self, WorkerContext};
 use super::generate::GenerateModel;
 use super::grammar::{GrammarLimits, Grammars};
 use super::policy::FairQueue;
-use super::queue::{ModelQueue, Pools};
+use super::queue::{ModelQueue, Pools, Supervised};
 use super::InferError;
 use crate::backend::chat_template::ChatTemplate;
 use crate::backend::device::DeviceSpec;
@@ -33,7 +33,10 @@ pub enum ModelHandle {
 enum LoadState {
     Loading,
     Ready,
+    /// Failed to load at start-up (the start fails).
     Failed(String),
+    /// Died (or failed to reload) after loading; being loaded again.
+    Down(String),
 }
 
 /// One replica as seen from outside its thread.
@@ -47,6 +50,16 @@ pub struct ReplicaInfo {
 impl ReplicaInfo {
     pub fn is_ready(&self) -> bool {
         *self.state.borrow() == LoadState::Ready
+    }
+
+    /// `loading`, `ready`, `down` (died after loading; being loaded again) or `failed`.
+    pub fn state(&self) -> &'static str {
+        match *self.state.borrow() {
+            LoadState::Loading => "loading",
+            LoadState::Ready => "ready",
+            LoadState::Down(_) => "down",
+            LoadState::Failed(_) => "failed",
+        }
     }
 }
 
@@ -154,6 +167,19 @@ impl Engine {
         self.replicas.iter().all(ReplicaInfo::is_ready)
     }
 
+    /// What `/ready` says: `ready` when every replica serves, `down` when one died or failed,
+    /// else `loading`.
+    pub fn status(&self) -> &'static str {
+        let states: Vec<&str> = self.replicas.iter().map(ReplicaInfo::state).collect();
+        if states.iter().all(|s| *s == "ready") {
+            "ready"
+        } else if states.iter().any(|s| *s == "down" || *s == "failed") {
+            "down"
+        } else {
+            "loading"
+        }
+    }
+
     /// Waits until every replica has loaded; the first load error ends the wait.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         for r in &self.replicas {
@@ -212,12 +238,12 @@ impl Engine {
                 name: mc.name.clone(),
                 tokenizer: tokenizer.clone(),
                 eos_ids: assets.eos_ids.clone(),
-                queue,
+                queue: queue.clone(),
                 knobs,
             });
-            self.spawn(spec, move |spec| {
+            self.spawn(spec, queue, move |spec| {
                 let mut model = load_generator(spec)?;
-                let index = spec.index;
+                let (index, ctx) = (spec.index, ctx.clone());
                 Ok(Box::new(move || gen_worker::run(&mut *model, &ctx, index)))
             })?;
         }
@@ -262,10 +288,10 @@ impl Engine {
                 ModelQueue::new(FairQueue::new(&self.weights, mc.max_queue, usize::MAX))
             });
             let name = mc.name.clone();
-            self.spawn(spec, move |spec| {
+            self.spawn(spec, queue.clone(), move |spec| {
                 let device = spec.device.open(&spec.replica)?;
                 let mut model: Box<dyn Embedder> = Box::new(bert::load(&spec.dir, &device)?);
-                let index = spec.index;
+                let (index, name, queue) = (spec.index, name.clone(), queue.clone());
                 Ok(Box::new(move || {
                     embed::run(&mut *model, &name, &queue, knobs, index)
                 }))
@@ -315,10 +341,14 @@ impl Engine {
 
     /// Starts one replica thread: it loads the model (`load`), reports ready or the load
     /// error (the thread then ends: no zombie), and runs the returned serving loop.
+    /// Starts the thread of one replica: it loads the model, serves, and, if it dies (a
+    /// panic outside a guarded model call), is marked down and loaded again with backoff.
+    /// A load that fails at start-up fails the start (`wait_ready`).
     fn spawn(
         &mut self,
         spec: LoadSpec,
-        load: impl FnOnce(&LoadSpec) -> Result<Box<dyn FnOnce() + Send>, BackendError> + Send + 'static,
+        queue: Arc<dyn Supervised>,
+        load: impl Fn(&LoadSpec) -> Result<Box<dyn FnOnce() + Send>, BackendError> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (state_tx, state_rx) = watch::channel(LoadState::Loading);
         self.replicas.push(ReplicaInfo {
@@ -333,25 +363,7 @@ impl Engine {
         });
         let handle = std::thread::Builder::new()
             .name(spec.replica.clone())
-            .spawn(move || match timed(|| load(&spec)) {
-                (Ok(serve), secs) => {
-                    // Resident memory is the whole process's (replicas load side by side):
-                    // the last replica's line shows what the configured models take.
-                    tracing::info!(
-                        replica = %spec.replica,
-                        device = %spec.device,
-                        load_secs = format!("{secs:.1}"),
-                        process_rss_mb = resident_mb(),
-                        "replica ready"
-                    );
-                    state_tx.send_replace(LoadState::Ready);
-                    serve();
-                }
-                (Err(e), _) => {
-                    tracing::error!(replica = %spec.replica, error = %e, "replica failed to load");
-                    state_tx.send_replace(LoadState::Failed(e.to_string()));
-                }
-            })
+            .spawn(move || supervise(&spec, &*queue, &state_tx, load))
             .context("cannot spawn a replica thread")?;
         self.threads
             .lock()
@@ -359,6 +371,85 @@ impl Engine {
             .push(handle);
         Ok(())
     }
+
+    /// Test hook: makes a replica of `model`'s shared pool die (panic) at its next look for
+    /// work, as a bug would. False if `model` is not a generation model.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, model: &str) -> bool {
+        match self.models.get(model) {
+            Some(ModelHandle::Generate(m)) => {
+                m.queues.get(None).map(|q| q.inject_fault()).is_some()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// First wait after a replica died; it doubles after each failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The life of one replica thread (see `Engine::spawn`).
+fn supervise(
+    spec: &LoadSpec,
+    queue: &dyn Supervised,
+    state: &watch::Sender<LoadState>,
+    load: impl Fn(&LoadSpec) -> Result<Box<dyn FnOnce() + Send>, BackendError>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut started = false;
+    let restarts = crate::metrics::get()
+        .replica_restarts
+        .with_label_values(&[&spec.manifest.name, &spec.index.to_string()]);
+    loop {
+        match timed(|| load(spec)) {
+            (Ok(serve), secs) => {
+                // Resident memory is the whole process's (replicas load side by side): the
+                // last replica's line shows what the configured models take.
+                tracing::info!(replica = %spec.replica, device = %spec.device,
+                    load_secs = format!("{secs:.1}"), process_rss_mb = resident_mb(), "replica ready");
+                started = true;
+                // Serving before it says ready: a request sent on `/ready`'s word is queued.
+                queue.replica_up();
+                state.send_replace(LoadState::Ready);
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve));
+                if let Err(panic) = &served {
+                    // Down before its waiting requests are answered, so that a client told
+                    // 503 finds `/ready` saying why.
+                    let why = panic_message(panic);
+                    tracing::error!(replica = %spec.replica, error = %why, "replica died; restarting");
+                    state.send_replace(LoadState::Down(why));
+                    restarts.inc();
+                }
+                queue.replica_down(&spec.manifest.name);
+                if served.is_ok() {
+                    return; // the queue closed: shutdown
+                }
+            }
+            (Err(e), _) if !started => {
+                tracing::error!(replica = %spec.replica, error = %e, "replica failed to load");
+                state.send_replace(LoadState::Failed(e.to_string()));
+                return;
+            }
+            (Err(e), _) => {
+                tracing::error!(replica = %spec.replica, error = %e, "replica failed to reload");
+                state.send_replace(LoadState::Down(e.to_string()));
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if queue.is_closed() {
+            return;
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {

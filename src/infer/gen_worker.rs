@@ -9,7 +9,7 @@ use super::generate::{GenEvent, Progress};
 use super::grammar::Grammar;
 use super::logprobs::TokenLogprob;
 use super::policy::{BatchKnobs, SeqView, StepPlanner};
-use super::queue::ModelQueue;
+use super::queue::{ModelQueue, Refusable};
 use super::sampling::SamplingParams;
 use super::InferError;
 use crate::backend::Generator;
@@ -104,6 +104,31 @@ impl ReplicaMetrics {
     }
 }
 
+impl Refusable for GenJob {
+    fn refuse(self, error: InferError) {
+        let _ = self.events.try_send(GenEvent::Failed(error));
+    }
+}
+
+/// The live sequences of a replica. If the replica thread dies (a panic outside a guarded
+/// model call), dropping it hands their slots back to the fair queue's slot shares, and
+/// drops their event senders, which ends their requests.
+struct Live<'a> {
+    seqs: Vec<Sequence>,
+    queue: &'a ModelQueue<GenJob>,
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.queue.lock();
+        for seq in &self.seqs {
+            for _ in std::iter::once(&seq.slot).chain(&seq.reserved) {
+                queue.ended(seq.class, now_ms());
+            }
+        }
+    }
+}
+
 /// Runs until the queue is closed and no sequence is left (shutdown).
 /// `replica` is this replica's index among the model's, reported in each request's progress.
 pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize) {
@@ -112,14 +137,24 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
         free_slots: (0..slots).rev().collect(),
         free_tokens: ctx.knobs.max_batch_tokens,
     };
-    let mut live: Vec<Sequence> = Vec::with_capacity(slots);
+    let mut guard = Live {
+        seqs: Vec::with_capacity(slots),
+        queue: &ctx.queue,
+    };
+    let live = &mut guard.seqs;
     let mut planner = StepPlanner::new(ctx.knobs);
     let metrics = ReplicaMetrics::new(&ctx.name, replica, slots);
     loop {
         if live.is_empty() && !ctx.queue.wait_for_work() {
             return;
         }
-        admit(ctx, &mut cap, &mut live, replica);
+        if ctx.queue.take_fault() {
+            panic!(
+                "fault injected into replica {replica} of {} (test hook)",
+                ctx.name
+            );
+        }
+        admit(ctx, &mut cap, live, replica);
         if live.is_empty() {
             // Work is queued but a slot is held for a class about to return (see `share`):
             // check again shortly instead of spinning.
@@ -145,7 +180,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             let took = prefill_chunk(model, ctx, &mut live[i], n, &mut choices);
             metrics.busy.inc_by(took.as_secs_f64());
         }
-        if let Some((took, rows)) = decode_step(model, ctx, &mut live, &decoders) {
+        if let Some((took, rows)) = decode_step(model, ctx, live, &decoders) {
             metrics.busy.inc_by(took.as_secs_f64());
             metrics.step.observe(took.as_secs_f64());
             metrics.batch.observe(rows as f64);

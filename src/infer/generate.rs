@@ -395,6 +395,9 @@ impl GenerateModel {
                 model: self.name.clone(),
                 pool: req.pool.clone().unwrap_or_else(|| "shared".into()),
             })?;
+        if !queue.is_serving() {
+            return Err(InferError::NotReady(self.name.clone()));
+        }
         queue.push(req.class, cost, job).map_err(|refused| match refused {
             Refused::Full(_) => {
                 bump(&self.counters.rejected_full);

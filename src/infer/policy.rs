@@ -150,6 +150,16 @@ impl<T> FairQueue<T> {
         Some(item)
     }
 
+    /// Takes every waiting request out (no replica is left to serve them).
+    pub fn drain(&mut self) -> Vec<T> {
+        self.len = 0;
+        self.classes
+            .iter_mut()
+            .flat_map(|c| std::mem::take(&mut c.items))
+            .map(|(_, item)| item)
+            .collect()
+    }
+
     /// Drops waiting requests for which `keep` is false (cancelled or expired).
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         for class in &mut self.classes {

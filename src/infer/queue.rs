@@ -4,13 +4,18 @@
 //! both sufficient and cheaper than an async one.
 
 use super::policy::{FairQueue, PushError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::InferError;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub(crate) struct ModelQueue<T> {
     state: Mutex<FairQueue<T>>,
     wake: Condvar,
     closed: AtomicBool,
+    /// Replicas of this pool that have loaded and serve now.
+    serving: AtomicUsize,
+    /// Test hook: the next replica to look panics (`Engine::inject_fault`).
+    fault: AtomicBool,
 }
 
 /// Why `push` refused a request.
@@ -20,12 +25,48 @@ pub(crate) enum Refused<T> {
     Closed(T),
 }
 
+/// A queued request that can be answered without a replica (with an error).
+pub(crate) trait Refusable {
+    fn refuse(self, error: InferError);
+}
+
+/// What a replica's supervisor (`Engine::spawn`) needs of its queue, whatever its jobs.
+pub(crate) trait Supervised: Send + Sync {
+    fn replica_up(&self);
+    /// One replica fewer; with none left, every waiting request is answered 503
+    /// `model_not_ready` at once.
+    fn replica_down(&self, model: &str);
+    fn is_closed(&self) -> bool;
+}
+
+impl<T: Refusable + Send> Supervised for ModelQueue<T> {
+    fn replica_up(&self) {
+        self.serving.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn replica_down(&self, model: &str) {
+        if self.serving.fetch_sub(1, Ordering::AcqRel) > 1 {
+            return;
+        }
+        let waiting = self.lock().drain();
+        for job in waiting {
+            job.refuse(InferError::NotReady(model.to_string()));
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 impl<T> ModelQueue<T> {
     pub fn new(queue: FairQueue<T>) -> Self {
         ModelQueue {
             state: Mutex::new(queue),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
+            serving: AtomicUsize::new(0),
+            fault: AtomicBool::new(false),
         }
     }
 
@@ -55,11 +96,30 @@ impl<T> ModelQueue<T> {
             if self.closed.load(Ordering::Acquire) {
                 return false;
             }
-            if !state.is_empty() {
+            if !state.is_empty() || self.fault.load(Ordering::Acquire) {
                 return true;
             }
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Whether a replica of this pool serves now. When none does (loading, or down and
+    /// restarting), a request is answered 503 at once: waiting would only run into the
+    /// queue timeout.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire) > 0
+    }
+
+    /// Test hook: makes the next replica of this pool that looks for work panic.
+    pub fn inject_fault(&self) {
+        self.fault.store(true, Ordering::Release);
+        let _guard = self.lock();
+        self.wake.notify_all();
+    }
+
+    /// Whether a fault was injected (and takes it).
+    pub fn take_fault(&self) -> bool {
+        self.fault.swap(false, Ordering::AcqRel)
     }
 
     /// Stops accepting work and wakes every idle replica so it can exit.
