@@ -6,6 +6,7 @@
 //! once (explicitly with the real usage, or on drop with none), so cancelled and failed
 //! requests give back what they reserved.
 
+pub mod classes;
 pub mod directory;
 #[cfg(test)]
 mod directory_tests;
@@ -16,6 +17,7 @@ pub mod limiter;
 #[cfg(test)]
 mod limiter_tests;
 
+pub use classes::TierClasses;
 pub use directory::{Directory, Sources, Tenant, Tier};
 pub use limiter::{
     Ask, Clock, Denied, LimitKind, Limiter, LocalLimiter, ManualClock, MonotonicClock, RateStatus,
