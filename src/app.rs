@@ -1,7 +1,7 @@
 //! Start-up of everything a request needs, in one place for the server and the tests: the
 //! tenant directory (auth on needs tenants; auth off must be said), the limiter with the
 //! month's spending restored from the ledger, the ledger writer, and the engine with one
-//! scheduling class per tier.
+//! scheduling class per tier; reloads of the tenant files; and new API keys.
 
 use crate::config::{AuthMode, Config};
 use crate::http::{AppState, IpGuard};
@@ -42,7 +42,7 @@ pub fn load_directory(config: &Config) -> anyhow::Result<Directory> {
 /// in the background; see `Engine::wait_ready`.
 pub fn start(config: Config, fetch: bool, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let directory = load_directory(&config)?;
-    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(clock));
+    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(clock.clone()));
     restore_budgets(&config, limiter.as_ref())?;
     let (ledger, ledger_writer) = Ledger::open(&config.ledger).context("cannot open the ledger")?;
     let engine = Engine::start_with(&config, fetch, &directory.weights())?;
@@ -54,7 +54,7 @@ pub fn start(config: Config, fetch: bool, clock: Arc<dyn Clock>) -> anyhow::Resu
             config.tenancy.ip_burst,
         ),
         admin_key: admin_key(&config)?,
-        tenancy: Tenancy::new(directory, limiter, sources),
+        tenancy: Tenancy::new(directory, limiter, sources, clock),
         ledger,
         started: crate::http::unix_now(),
         config,
@@ -77,6 +77,24 @@ fn restore_budgets(config: &Config, limiter: &dyn Limiter) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Makes a key for `tenant` (which must be in the tenants file) and appends its hash to the
+/// keys file: `tiergate keys create`. Returns the key, the only time it exists in clear. A
+/// running gateway finds it on its first use (`Tenancy::authenticate`).
+pub fn create_key(config: &Config, tenant: &str) -> anyhow::Result<String> {
+    let t = &config.tenancy;
+    let directory = Directory::load(&t.sources()).map_err(anyhow::Error::msg)?;
+    if !directory.tenants.contains_key(tenant) {
+        let known: Vec<&str> = directory.tenants.keys().map(String::as_str).collect();
+        bail!(
+            "no tenant {tenant:?} in {}; known: {}",
+            t.tenants_file.display(),
+            known.join(", ")
+        );
+    }
+    tenancy::keys::create(&t.keys_file, tenant)
+        .with_context(|| format!("cannot write {}", t.keys_file.display()))
+}
+
 fn admin_key(config: &Config) -> anyhow::Result<Option<KeyHash>> {
     if let Ok(raw) = std::env::var("TIERGATE_ADMIN_KEY") {
         if !raw.is_empty() {
@@ -92,15 +110,20 @@ fn admin_key(config: &Config) -> anyhow::Result<Option<KeyHash>> {
 }
 
 /// Re-reads the tenant files into the live directory and the engine's tier weights. On error
-/// nothing changes and the reason is logged and returned.
+/// nothing changes and the reason is logged and returned. Reloads are serialized: one that
+/// comes while another runs (SIGHUP during `POST /admin/reload`) waits for it, then reads the
+/// files itself, so the later one's view is what stays in force.
 pub fn reload(state: &AppState) -> Result<Arc<Directory>, String> {
-    match state.tenancy.reload() {
+    let reloaded = state
+        .tenancy
+        .reload_with(|directory| state.engine.set_weights(&directory.weights()));
+    match reloaded {
         Ok(directory) => {
-            state.engine.set_weights(&directory.weights());
             tracing::info!(
-                tiers = directory.tier_names.len(),
+                tiers = directory.tiers.len(),
                 tenants = directory.tenants.len(),
                 keys = directory.key_count(),
+                skipped_keys = directory.skipped_keys(),
                 "tenant files reloaded"
             );
             Ok(directory)

@@ -85,8 +85,8 @@ enum UsageAction {
 #[derive(Subcommand)]
 enum KeysAction {
     /// Make a new key for a tenant: prints it once and appends only its SHA-256 to the
-    /// keys file (tenancy.keys_file). A running server picks it up on SIGHUP or
-    /// POST /admin/reload.
+    /// keys file (tenancy.keys_file). A running server finds it on its first use, with no
+    /// signal.
     Create {
         /// Tenant id, as in the tenants file.
         #[arg(long)]
@@ -275,25 +275,10 @@ fn tenant_budgets(config: &Config) -> BTreeMap<String, Option<i64>> {
 }
 
 fn create_key(config: &Config, tenant: &str) -> anyhow::Result<()> {
-    let t = &config.tenancy;
-    let directory = tiergate::tenancy::Directory::load(&t.sources()).map_err(anyhow::Error::msg)?;
-    if !directory.tenants.contains_key(tenant) {
-        anyhow::bail!(
-            "no tenant {tenant:?} in {}; known: {}",
-            t.tenants_file.display(),
-            directory
-                .tenants
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let key = tiergate::tenancy::keys::create(&t.keys_file, tenant)
-        .with_context(|| format!("cannot write {}", t.keys_file.display()))?;
+    let key = app::create_key(config, tenant)?;
     eprintln!(
         "Key for {tenant} (shown once; only its hash is stored in {}):",
-        t.keys_file.display()
+        config.tenancy.keys_file.display()
     );
     println!("{key}");
     Ok(())
@@ -371,7 +356,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP re-reads the tenant files (a bad file keeps the old ones; `app::reload` logs why).
+/// SIGHUP re-reads the tenant files (a bad file keeps the old ones; `app::reload` logs why;
+/// a SIGHUP during `POST /admin/reload` waits for it).
 async fn reload_on_sighup(state: Arc<AppState>) {
     #[cfg(unix)]
     {

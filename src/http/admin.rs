@@ -13,14 +13,16 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Re-reads tiers, tenants and keys. A file that does not validate keeps the old directory
-/// and answers 422 with the reason; requests keep flowing either way.
+/// and answers 422 with the reason; requests keep flowing either way. A reload that comes
+/// while another runs waits for it (`app::reload`).
 pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     match crate::app::reload(&state) {
         Ok(d) => Ok(Json(json!({
             "status": "reloaded",
-            "tiers": d.tier_names.len(),
+            "tiers": d.tiers.len(),
             "tenants": d.tenants.len(),
             "keys": d.key_count(),
+            "skipped_keys": d.skipped_keys(),
         }))),
         Err(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -79,7 +81,7 @@ pub async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoRespon
             .with_label_values(&[r.model.as_str(), &replica, &r.device])
             .set(i64::from(r.is_ready()));
     }
-    let tiers = state.tenancy.directory().tier_names.clone();
+    let tiers = state.tenancy.directory().classes.names().to_vec();
     let mut admitted = vec![0u64; tiers.len()];
     for (_, handle) in state.engine.models() {
         let served = match handle {

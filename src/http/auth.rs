@@ -175,16 +175,16 @@ async fn authorize_and_run(
         };
         return (response, Some("admin".into()));
     }
-    let directory = state.tenancy.directory();
-    let tenant = if state.tenancy.auth_enabled() {
+    let (tenant, directory) = if state.tenancy.auth_enabled() {
         let Some(key) = bearer(&req) else {
             let e = unauthorized(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
             );
             return (e.into_response(), None);
         };
-        match directory.authenticate(key) {
-            Some(tenant) => tenant,
+        // A key unknown here may be new in the keys file: this re-reads it when it changed.
+        match state.tenancy.authenticate(key) {
+            Some(found) => found,
             None => {
                 return (
                     unauthorized("Incorrect API key provided.").into_response(),
@@ -193,8 +193,9 @@ async fn authorize_and_run(
             }
         }
     } else {
+        let directory = state.tenancy.directory();
         match directory.tenants.get(ANONYMOUS) {
-            Some(t) => t.clone(),
+            Some(t) => (t.clone(), directory),
             None => {
                 let e = unauthorized("No anonymous tenant is configured");
                 return (e.into_response(), None);

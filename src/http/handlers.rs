@@ -379,7 +379,7 @@ fn generation_stats(state: &AppState, model: &GenerateModel) -> Value {
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
     stats.insert("queued".into(), json!(model.queued()));
-    let tiers = state.tenancy.directory().tier_names.clone();
+    let tiers = state.tenancy.directory().classes.names().to_vec();
     let served: serde_json::Map<String, Value> = model
         .served_tokens()
         .into_iter()

@@ -145,6 +145,19 @@ impl Engine {
         self.models.iter()
     }
 
+    /// The class weights each queue holds now, one list per queue of every model (a reload
+    /// changes them through `set_weights`).
+    pub fn class_weights(&self) -> Vec<Vec<f64>> {
+        let mut all = Vec::new();
+        for handle in self.models.values() {
+            match handle {
+                ModelHandle::Generate(m) => all.extend(m.queues.weights()),
+                ModelHandle::Embed(m) => all.extend(m.queues.weights()),
+            }
+        }
+        all
+    }
+
     /// Applies new class weights to every model's queue (a tier reload).
     pub fn set_weights(&self, weights: &[f64]) {
         for handle in self.models.values() {

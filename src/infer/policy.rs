@@ -133,7 +133,7 @@ impl<T> FairQueue<T> {
     /// cost and the item itself, e.g. the slots an n > 1 request needs at once).
     pub fn pop_if(&mut self, now_ms: u64, fits: impl FnOnce(usize, &T) -> bool) -> Option<T> {
         let c = self.fair_pick()?;
-        let weights: Vec<f64> = self.classes.iter().map(|k| k.weight).collect();
+        let weights = self.weights();
         let waiting: Vec<bool> = self.classes.iter().map(|k| !k.items.is_empty()).collect();
         if self.share.should_hold(c, &weights, &waiting, now_ms) {
             return None;
@@ -184,6 +184,11 @@ impl<T> FairQueue<T> {
                 }),
             }
         }
+    }
+
+    /// Weight of each class, by class id.
+    pub fn weights(&self) -> Vec<f64> {
+        self.classes.iter().map(|c| c.weight).collect()
     }
 
     /// Tokens admitted so far per class, for the share each class actually got.

@@ -196,6 +196,11 @@ impl<T> Pools<T> {
     pub fn set_weights(&self, weights: &[f64]) {
         self.all().for_each(|q| q.lock().set_weights(weights));
     }
+
+    /// Each pool's class weights.
+    pub fn weights(&self) -> Vec<Vec<f64>> {
+        self.all().map(|q| q.lock().weights()).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! Who may call and on what terms: subsidy tiers, tenants and API-key hashes, read from three
 //! TOML files (`tiers.toml`, `tenants.toml`, and the keys file that `tiergate keys create`
 //! appends to) into one immutable `Directory`. A reload builds a new one and swaps it in; a
-//! file that does not validate leaves the old one serving.
+//! file that does not validate leaves the old one serving. A key whose tenant is not in the
+//! tenants file is skipped with a warning, so removing a tenant never stops the next start.
 
+use super::classes::TierClasses;
 use super::keys::KeyHash;
 use crate::ledger::Price;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// The highest subsidy the scheme allows ("special cases").
 pub const MAX_SUBSIDY: f64 = 0.9;
@@ -116,7 +119,7 @@ pub struct Tenant {
     pub id: String,
     pub name: String,
     pub tier: String,
-    /// The tier's scheduling class (its index among the tiers).
+    /// The tier's scheduling class, fixed for the life of the process (`TierClasses`).
     pub class: usize,
     pub grant: String,
     pub terms: Tier,
@@ -148,15 +151,38 @@ pub struct Sources {
     pub keys: PathBuf,
 }
 
+/// A file's size and modification time when it was read: if either differs now, it was
+/// written since. (`keys create` appends, so the size alone already tells.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    /// None when the file is missing or cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
 /// Everything tenancy knows at one moment. Immutable; shared as `Arc<Directory>`.
 #[derive(Debug, Default)]
 pub struct Directory {
-    /// Tier names in class order.
-    pub tier_names: Vec<String>,
+    /// Class id of every tier this process has seen, removed ones included.
+    pub classes: TierClasses,
     pub tiers: BTreeMap<String, Tier>,
     pub tenants: BTreeMap<String, Arc<Tenant>>,
     pub prices: BTreeMap<String, Price>,
     keys: HashMap<KeyHash, String>,
+    /// Keys of tenants that are not in the tenants file (logged, not loaded).
+    skipped_keys: usize,
+    /// The keys file as it was just before it was read (None: missing).
+    keys_stamp: Option<FileStamp>,
 }
 
 fn read_toml<T: Default + for<'de> Deserialize<'de>>(
@@ -170,13 +196,29 @@ fn read_toml<T: Default + for<'de> Deserialize<'de>>(
     }
 }
 
+/// The entries of a keys file; a missing file has none.
+pub fn read_keys(path: &Path) -> Result<Vec<KeyEntry>, String> {
+    read_toml::<KeysFile>(path, true).map(|f| f.keys)
+}
+
 impl Directory {
-    /// Reads and validates all three files. The keys file may be missing (no keys yet).
+    /// Reads and validates all three files, numbering the tiers from scratch. The keys file
+    /// may be missing (no keys yet).
     pub fn load(sources: &Sources) -> Result<Directory, String> {
+        Self::load_with(sources, &mut TierClasses::default())
+    }
+
+    /// `load`, keeping the class ids in `classes` and adding new tiers to it (a caller that
+    /// may discard the result passes a copy).
+    pub fn load_with(sources: &Sources, classes: &mut TierClasses) -> Result<Directory, String> {
         let tiers: TiersFile = read_toml(&sources.tiers, false)?;
         let tenants: TenantsFile = read_toml(&sources.tenants, false)?;
-        let keys: KeysFile = read_toml(&sources.keys, true)?;
-        Self::build(tiers.tiers, tiers.prices, tenants.tenants, keys.keys)
+        // Stamped before reading: a write in between reads as a change next time.
+        let keys_stamp = FileStamp::of(&sources.keys);
+        let keys = read_keys(&sources.keys)?;
+        let mut directory = Self::build(classes, tiers, tenants.tenants, keys)?;
+        directory.keys_stamp = keys_stamp;
+        Ok(directory)
     }
 
     /// The directory of `auth = "off"`: one `anonymous` tenant on `tier`.
@@ -189,48 +231,55 @@ impl Directory {
             grant: String::new(),
             overrides: Overrides::default(),
         };
-        Self::build(tiers.tiers, tiers.prices, vec![tenant], Vec::new())
+        Self::build(&mut TierClasses::default(), tiers, vec![tenant], Vec::new())
     }
 
     fn build(
-        tiers: BTreeMap<String, Tier>,
-        prices: BTreeMap<String, Price>,
+        classes: &mut TierClasses,
+        files: TiersFile,
         entries: Vec<TenantEntry>,
         keys: Vec<KeyEntry>,
     ) -> Result<Directory, String> {
+        let TiersFile { tiers, prices } = files;
         for (name, tier) in &tiers {
             validate_tier(name, tier)?;
         }
-        let tier_names: Vec<String> = tiers.keys().cloned().collect();
+        classes.assign(&tiers);
         let mut tenants = BTreeMap::new();
         for entry in entries {
-            let tenant = effective(&entry, &tiers, &tier_names)?;
+            let tenant = effective(&entry, &tiers, classes)?;
             if tenants.insert(entry.id.clone(), Arc::new(tenant)).is_some() {
                 return Err(format!("tenant {:?} is listed twice", entry.id));
             }
         }
-        let mut key_map = HashMap::new();
-        for key in keys {
-            if !tenants.contains_key(&key.tenant) {
-                return Err(format!(
-                    "a key ({}) names unknown tenant {:?}",
-                    key.prefix, key.tenant
-                ));
-            }
-            let hash = KeyHash::parse(&key.sha256).ok_or_else(|| {
-                format!(
-                    "key {} of {}: sha256 is not 64 hex digits",
-                    key.prefix, key.tenant
-                )
-            })?;
-            key_map.insert(hash, key.tenant);
-        }
+        let (keys, skipped_keys) = key_map(keys, &tenants)?;
         Ok(Directory {
-            tier_names,
+            classes: classes.clone(),
             tiers,
             tenants,
             prices,
-            keys: key_map,
+            keys,
+            skipped_keys,
+            keys_stamp: None,
+        })
+    }
+
+    /// This directory with the keys of `entries` in place of its own: a re-read of the keys
+    /// file alone, leaving tier and tenant edits for the next reload.
+    pub fn with_keys(
+        &self,
+        entries: Vec<KeyEntry>,
+        keys_stamp: Option<FileStamp>,
+    ) -> Result<Directory, String> {
+        let (keys, skipped_keys) = key_map(entries, &self.tenants)?;
+        Ok(Directory {
+            classes: self.classes.clone(),
+            tiers: self.tiers.clone(),
+            tenants: self.tenants.clone(),
+            prices: self.prices.clone(),
+            keys,
+            skipped_keys,
+            keys_stamp,
         })
     }
 
@@ -245,16 +294,57 @@ impl Directory {
         self.tenants.get(tenant).cloned()
     }
 
+    /// Scheduling weight of each class, by class id (removed tiers keep their last one).
     pub fn weights(&self) -> Vec<f64> {
-        self.tier_names
-            .iter()
-            .map(|t| self.tiers[t].weight)
-            .collect()
+        self.classes.weights().to_vec()
     }
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+
+    /// Keys in the file whose tenant is not in the tenants file.
+    pub fn skipped_keys(&self) -> usize {
+        self.skipped_keys
+    }
+
+    /// The keys file as it was when this directory's keys were read.
+    pub fn keys_stamp(&self) -> Option<FileStamp> {
+        self.keys_stamp
+    }
+}
+
+/// Key hashes to tenant ids, and how many keys were skipped. A key whose tenant is gone
+/// (removed from the tenants file while its keys stayed) is skipped with a warning naming
+/// the key by its stored prefix and the head of its hash (never anything secret), so
+/// removing a tenant revokes its keys instead of stopping the next start. A hash that is not
+/// 64 hex digits is a damaged file: an error.
+fn key_map(
+    keys: Vec<KeyEntry>,
+    tenants: &BTreeMap<String, Arc<Tenant>>,
+) -> Result<(HashMap<KeyHash, String>, usize), String> {
+    let mut map = HashMap::new();
+    let mut skipped = 0;
+    for key in keys {
+        let hash = KeyHash::parse(&key.sha256).ok_or_else(|| {
+            format!(
+                "key {} of {}: sha256 is not 64 hex digits",
+                key.prefix, key.tenant
+            )
+        })?;
+        if !tenants.contains_key(&key.tenant) {
+            tracing::warn!(
+                key = %key.prefix,
+                sha256 = %key.sha256.trim().get(..12).unwrap_or_default(),
+                tenant = %key.tenant,
+                "skipping a key whose tenant is not in the tenants file"
+            );
+            skipped += 1;
+            continue;
+        }
+        map.insert(hash, key.tenant);
+    }
+    Ok((map, skipped))
 }
 
 fn validate_tier(name: &str, tier: &Tier) -> Result<(), String> {
@@ -281,9 +371,9 @@ fn validate_tier(name: &str, tier: &Tier) -> Result<(), String> {
 fn effective(
     entry: &TenantEntry,
     tiers: &BTreeMap<String, Tier>,
-    names: &[String],
+    classes: &TierClasses,
 ) -> Result<Tenant, String> {
-    let Some(tier) = tiers.get(&entry.tier) else {
+    let (Some(tier), Some(class)) = (tiers.get(&entry.tier), classes.class_of(&entry.tier)) else {
         return Err(format!(
             "tenant {:?} names unknown tier {:?}",
             entry.id, entry.tier
@@ -314,7 +404,7 @@ fn effective(
         id: entry.id.clone(),
         name: entry.name.clone(),
         tier: entry.tier.clone(),
-        class: names.iter().position(|n| n == &entry.tier).unwrap_or(0),
+        class,
         grant: entry.grant.clone(),
         terms,
     })

@@ -45,7 +45,7 @@ pub fn generate() -> String {
 
 /// Makes a key for `tenant`, appends its hash to `keys_file` and returns the key (the only
 /// time it exists in clear). Appending keeps earlier entries and comments untouched; a
-/// running server sees the key after its next reload.
+/// running server re-reads the file when it meets the new key (`Tenancy::authenticate`).
 pub fn create(keys_file: &Path, tenant: &str) -> std::io::Result<String> {
     let key = generate();
     let entry = KeyEntry {
@@ -64,7 +64,9 @@ pub fn create(keys_file: &Path, tenant: &str) -> std::io::Result<String> {
         .create(true)
         .append(true)
         .open(keys_file)?;
-    writeln!(file, "\n[[keys]]\n{block}")?;
+    // In one write, so that a server re-reading the file meanwhile hardly ever sees half an
+    // entry (if it does, it keeps its old keys and reads the file again on the next miss).
+    file.write_all(format!("\n[[keys]]\n{block}\n").as_bytes())?;
     file.sync_all()?;
     Ok(key)
 }

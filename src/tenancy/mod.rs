@@ -1,11 +1,12 @@
 //! Tenants, subsidy tiers and their limits.
 //!
-//! A request's key names its tenant (`Directory::authenticate`); the tenant's tier gives its
+//! A request's key names its tenant (`Tenancy::authenticate`); the tenant's tier gives its
 //! terms; the `Limiter` admits or refuses it against those terms, all-or-nothing; the
 //! returned `Admission` holds the reservation until the request ends and settles it exactly
 //! once (explicitly with the real usage, or on drop with none), so cancelled and failed
-//! requests give back what they reserved.
+//! requests give back what they reserved. `Tenancy` holds the live directory and reloads it.
 
+pub mod classes;
 pub mod directory;
 #[cfg(test)]
 mod directory_tests;
@@ -15,14 +16,17 @@ pub mod keys;
 pub mod limiter;
 #[cfg(test)]
 mod limiter_tests;
+pub mod live;
 
+pub use classes::TierClasses;
 pub use directory::{Directory, Sources, Tenant, Tier};
 pub use limiter::{
     Ask, Clock, Denied, LimitKind, Limiter, LocalLimiter, ManualClock, MonotonicClock, RateStatus,
     Reservation, Usage,
 };
+pub use live::Tenancy;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 /// The tenant of every request when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
@@ -66,48 +70,6 @@ impl Drop for Admission {
     /// Ended without a settlement (an error before the model ran, a panic): nothing used.
     fn drop(&mut self) {
         self.finish(Usage::default());
-    }
-}
-
-/// The live directory; a reload swaps in a new one without stopping requests.
-pub struct Tenancy {
-    directory: RwLock<Arc<Directory>>,
-    pub limiter: Arc<dyn Limiter>,
-    /// None when authentication is off: every request is `ANONYMOUS`.
-    pub sources: Option<Sources>,
-}
-
-impl Tenancy {
-    pub fn new(directory: Directory, limiter: Arc<dyn Limiter>, sources: Option<Sources>) -> Self {
-        Tenancy {
-            directory: RwLock::new(Arc::new(directory)),
-            limiter,
-            sources,
-        }
-    }
-
-    pub fn directory(&self) -> Arc<Directory> {
-        self.directory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn auth_enabled(&self) -> bool {
-        self.sources.is_some()
-    }
-
-    /// Re-reads the files. On error the old directory stays and the error is returned.
-    pub fn reload(&self) -> Result<Arc<Directory>, String> {
-        let Some(sources) = &self.sources else {
-            return Ok(self.directory());
-        };
-        let fresh = Arc::new(Directory::load(sources)?);
-        *self
-            .directory
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
     }
 }
 

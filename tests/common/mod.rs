@@ -88,9 +88,10 @@ pub fn tenant_config() -> Config {
     config
 }
 
-/// Makes an API key for `tenant` in the config's keys file (reload the server after).
+/// Makes an API key for `tenant` in the config's keys file, as `tiergate keys create` does (a
+/// running server finds it on first use).
 pub fn create_key(config: &Config, tenant: &str) -> String {
-    tiergate::tenancy::keys::create(&config.tenancy.keys_file, tenant).expect("key")
+    tiergate::app::create_key(config, tenant).expect("key")
 }
 
 /// Starts a gateway on its own thread and runtime, so that it outlives each test's runtime.
