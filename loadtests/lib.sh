@@ -93,3 +93,11 @@ start_open() {
     server=$!
     wait_ready "http://127.0.0.1:$port"
 }
+
+# run_load URL SCENARIO NAME MODE REP EXTRA CONCURRENCY TMP: one loadgen run against the
+# server `server` (pid), labelled mode=MODE rep=REP, appended to TMP/loadgen.{csv,jsonl}.
+run_load() {
+    "$LOADGEN" --url "$1" --scenario "$2" --name "$3" --extra "$6" --concurrency "$7" \
+        --requests "$REQUESTS" --warmup 1 --label mode="$4" --label rep="$5" \
+        --server-pid "$server" --csv "$8/loadgen.csv" --json "$8/loadgen.jsonl" >/dev/null
+}

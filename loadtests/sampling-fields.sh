@@ -50,10 +50,7 @@ start() {
 
 # load URL MODE REP EXTRA CONCURRENCY
 load() {
-    "$LOADGEN" --url "$1" --scenario loadtests/scenarios/chat-128-qwen-0.5b.toml \
-        --name sampling-fields --extra "$4" --concurrency "$5" --requests "$REQUESTS" \
-        --warmup 1 --label mode="$2" --label rep="$3" --server-pid "$server" \
-        --csv "$tmp/loadgen.csv" --json "$tmp/loadgen.jsonl" >/dev/null
+    run_load "$1" loadtests/scenarios/chat-128-qwen-0.5b.toml sampling-fields "$2" "$3" "$4" "$5" "$tmp"
 }
 
 echo "start: $(machine_load)" >&2

@@ -37,10 +37,7 @@ url="http://127.0.0.1:$port"
 
 # load MODE REP EXTRA CONCURRENCY
 load() {
-    "$LOADGEN" --url "$url" --scenario loadtests/scenarios/chat-128-qwen-0.5b.toml \
-        --name structured-outputs --extra "$3" --concurrency "$4" --requests "$REQUESTS" \
-        --warmup 1 --label mode="$1" --label rep="$2" --server-pid "$server" \
-        --csv "$tmp/loadgen.csv" --json "$tmp/loadgen.jsonl" >/dev/null
+    run_load "$url" loadtests/scenarios/chat-128-qwen-0.5b.toml structured-outputs "$1" "$2" "$3" "$4" "$tmp"
 }
 
 echo "start: $(machine_load)" >&2

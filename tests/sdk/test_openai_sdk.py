@@ -9,15 +9,11 @@ import struct
 import sys
 
 import openai
+from checks import check
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}")
 
 
 def main(base_url: str) -> None:

@@ -9,14 +9,10 @@ import sys
 import time
 
 import openai
+from checks import check
 
 CHAT = "smollm2-135m-instruct"
 
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}")
 
 
 def client(base_url, key, statuses):

@@ -17,12 +17,7 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
 )
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}")
+from checks import check, on_each_model
 
 
 def one_model(base_url: str, model: str) -> None:
@@ -115,11 +110,5 @@ def function_calls(client, model: str) -> None:
           f"{model}: streamed argument deltas join to the whole call")
 
 
-def main(args) -> None:
-    for base_url, model in zip(args[0::2], args[1::2]):
-        one_model(base_url, model)
-    print("all checks passed")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    on_each_model(one_model)

@@ -8,12 +8,7 @@ import math
 import sys
 
 import openai
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}")
+from checks import check, on_each_model
 
 
 def one_model(base_url: str, model: str) -> None:
@@ -74,11 +69,5 @@ def one_model(base_url: str, model: str) -> None:
         check(e.body.get("param") == "n", f"{model}: n=0 is BadRequestError naming n")
 
 
-def main(args) -> None:
-    for base_url, model in zip(args[0::2], args[1::2]):
-        one_model(base_url, model)
-    print("all checks passed")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    on_each_model(one_model)

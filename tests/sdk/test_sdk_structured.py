@@ -15,12 +15,7 @@ from typing import List
 import openai
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}")
+from checks import check, on_each_model
 
 
 class Role(str, Enum):
@@ -144,12 +139,5 @@ def one_model(base_url: str, model: str) -> None:
     langchain_structured_output(base_url, model)
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    for base_url, model in zip(args[::2], args[1::2]):
-        one_model(base_url, model)
-    print("all checks passed")
-
-
 if __name__ == "__main__":
-    main()
+    on_each_model(one_model)
