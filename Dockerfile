@@ -44,6 +44,12 @@ ENV TIERGATE_CACHE_DIR=/var/cache/tiergate \
     TIERGATE_LISTEN=0.0.0.0:8080
 VOLUME /var/cache/tiergate
 EXPOSE 8080
+# File descriptors: each client connection holds one, and `connections.max_open` (512 by
+# default, per listener) must stay below the process's limit with room for model files, the
+# ledger and logs. Docker's default soft limit is often 1024; for more connections raise both:
+#   docker run --ulimit nofile=65536:65536 -e TIERGATE_CONNECTIONS__MAX_OPEN=16384 ... tiergate
+# (Kubernetes and systemd: the runtime's limit or `LimitNOFILE=`; README "Connections and
+# timeouts".)
 HEALTHCHECK CMD python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/health').status != 200)"
 ENTRYPOINT ["tiergate"]
 CMD ["serve"]

@@ -2,6 +2,10 @@
 //! variables, then command-line flags, each overriding the one before. `validate` runs once at
 //! start-up so that a bad value stops the process with the offending key, not a later request.
 
+mod connections;
+
+pub use connections::ConnectionLimits;
+
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,8 @@ pub struct Config {
     /// Install missing model files on start (verified by sha256) instead of failing.
     pub fetch_on_start: bool,
     pub limits: Limits,
+    /// Timeouts and the cap on open connections (`[connections]`).
+    pub connections: ConnectionLimits,
     /// Where usage records are kept (`[ledger]`).
     pub ledger: crate::ledger::LedgerConfig,
     pub tenancy: TenancyConfig,
@@ -334,6 +340,7 @@ impl Default for Config {
             cache_dir: None,
             fetch_on_start: true,
             limits: Limits::default(),
+            connections: ConnectionLimits::default(),
             ledger: crate::ledger::LedgerConfig::default(),
             tenancy: TenancyConfig::default(),
             metrics: MetricsConfig::default(),
@@ -418,6 +425,9 @@ impl Config {
         }
         if l.queue_timeout_secs == 0 || l.request_timeout_secs == 0 {
             return bad("limits.*_timeout_secs", "must be positive");
+        }
+        if let Some(key) = self.connections.zero_key() {
+            return bad(key, "must be positive");
         }
         self.ledger.validate().map_err(ConfigError::Invalid)?;
         if self.models.is_empty() {
@@ -550,6 +560,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("limits.default_max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn zero_connection_timeout_is_rejected_with_its_key() {
+        let err = Config::load(
+            None,
+            env(&[("TIERGATE_CONNECTIONS__IDLE_TIMEOUT_SECS", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("connections.idle_timeout_secs"), "{err}");
     }
 
     #[test]

@@ -174,7 +174,9 @@ impl From<InferError> for ApiError {
                 e
             }
             InferError::Overloaded { retry_after, .. } => unavailable("overloaded", retry_after),
-            InferError::QueueTimeout { .. } => unavailable("queue_timeout", Duration::from_secs(1)),
+            InferError::QueueTimeout { retry_after, .. } => {
+                unavailable("queue_timeout", retry_after)
+            }
             InferError::NotReady(_) => unavailable("model_not_ready", Duration::from_secs(5)),
             InferError::ShuttingDown => unavailable("shutting_down", Duration::from_secs(5)),
             InferError::RequestTimeout(_) => {
@@ -236,6 +238,20 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         assert_eq!(response.headers()["retry-after-ms"], "1500");
+    }
+
+    #[test]
+    fn queue_timeout_carries_the_queues_backlog_estimate() {
+        let err: ApiError = InferError::QueueTimeout {
+            model: "m".into(),
+            waited: Duration::from_secs(30),
+            retry_after: Duration::from_millis(12_300),
+        }
+        .into();
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "13");
+        assert_eq!(response.headers()["retry-after-ms"], "12300");
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! step by step, on a model it owns (`backend`, candle on a CPU or CUDA device) -> text flows
 //! back to the handler over a per-request bounded channel; dropping that channel (client gone)
 //! cancels the sequence and frees its slot. Model files come from `models/` manifests, verified
-//! by sha256 (`models`); everything tunable lives in one `config::Config`.
+//! by sha256 (`models`); everything tunable lives in one `config::Config`. Connections are
+//! accepted, capped and timed out by `conn`, in front of the router.
 
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod http;
 pub mod infer;
@@ -27,17 +29,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
-/// running requests finish.
+/// running requests finish. Connections are bounded by `[connections]` of the config.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address feeds the per-IP flood guard.
-    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.connections.clone();
+    conn::serve(listener, router(state), &limits, "api", shutdown).await
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown` resolves. A scrape
@@ -47,10 +46,9 @@ pub async fn serve_metrics(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = state.config.connections.clone();
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(http::metrics_text))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(listener, app, &limits, "metrics", shutdown).await
 }

@@ -87,6 +87,10 @@ pub struct Metrics {
     pub replica_ready: IntGaugeVec,
     /// tier: tokens admitted by the fair queue, summed over models (the share each tier got).
     pub admitted_tokens: IntGaugeVec,
+    /// listener (`api`, `metrics`).
+    pub connections_open: IntGaugeVec,
+    /// listener, reason (`refused`, `header_timeout`, `idle_timeout`).
+    pub connections_dropped: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
@@ -224,6 +228,17 @@ impl Metrics {
                 "Tokens (prompt + max_tokens) the fair queue admitted per tier since start.",
                 &["tier"],
             ),
+            connections_open: gauge(
+                "tiergate_connections_open",
+                "Client connections open now, per listener.",
+                &["listener"],
+            ),
+            connections_dropped: counter(
+                "tiergate_connections_dropped_total",
+                "Connections the server closed on its own: over connections.max_open \
+                 (refused), headers too slow (header_timeout), idle too long (idle_timeout).",
+                &["listener", "reason"],
+            ),
         };
         m.register_all();
         m
@@ -254,6 +269,8 @@ impl Metrics {
             Box::new(self.waiting.clone()),
             Box::new(self.replica_ready.clone()),
             Box::new(self.admitted_tokens.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connections_dropped.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

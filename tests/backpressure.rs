@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::time::Duration;
+use tiergate::infer::ModelHandle;
 
 /// Each test gets its own gateway (one slot, queue of one) so tests cannot disturb each other.
 fn tight_server() -> &'static Server {
@@ -35,20 +36,29 @@ fn impatient_client() -> reqwest::Client {
         .expect("client")
 }
 
-/// A two-token request: its status, `Retry-After` header and body.
-async fn small_request(server: &'static Server) -> (u16, Option<u64>, serde_json::Value) {
+/// Sends a two-token request.
+async fn send_small(server: &'static Server) -> reqwest::Response {
     let body = json!({"model": CHAT_MODEL, "prompt": "Hi", "max_tokens": 2, "temperature": 0});
-    let resp = impatient_client()
+    impatient_client()
         .post(server.url("/v1/completions"))
         .json(&body)
         .send()
         .await
-        .expect("answer within 15 s");
+        .expect("answer within 15 s")
+}
+
+/// A response header as a number.
+fn header_number(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// A two-token request: its status, `Retry-After` header and body.
+async fn small_request(server: &'static Server) -> (u16, Option<u64>, serde_json::Value) {
+    let resp = send_small(server).await;
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let retry_after = header_number(&resp, "retry-after");
     (status, retry_after, resp.json().await.expect("JSON"))
 }
 
@@ -133,4 +143,37 @@ async fn a_request_that_waits_past_the_queue_timeout_gets_503_and_the_running_st
     // The running stream was not disturbed: it still delivers tokens.
     let mut running = running;
     assert!(running.chunk().await.expect("chunk").is_some());
+}
+
+/// The refusal of a request that finds a full queue of `max_queue` behind the only slot, with
+/// the service-time estimate fixed at 5 s (nothing finishes meanwhile to move it): its status
+/// and its `retry-after` and `retry-after-ms` headers.
+async fn refusal_of_a_full_queue(max_queue: usize) -> (u16, Option<u64>, Option<u64>) {
+    let server = tight_server_with(|c| c.models[0].max_queue = max_queue);
+    let Ok(ModelHandle::Generate(model)) = server.state.engine.model(CHAT_MODEL) else {
+        panic!("{CHAT_MODEL} generates");
+    };
+    model.record_service_time(Duration::from_secs(5));
+    let running = occupy_the_slot(server).await;
+    // One more than the queue holds: the first to come back is the one refused.
+    let requests = (0..=max_queue).map(|_| tokio::spawn(send_small(server)));
+    let (first, _, _queued) = futures_util::future::select_all(requests).await;
+    let refused = first.expect("task");
+    drop(running);
+    let status = refused.status().as_u16();
+    let hints = (
+        header_number(&refused, "retry-after"),
+        header_number(&refused, "retry-after-ms"),
+    );
+    (status, hints.0, hints.1)
+}
+
+#[tokio::test]
+async fn retry_after_of_a_full_queue_is_its_depth_times_the_service_time() {
+    // One slot: one waiting request is 5 s of work ahead, three are 15 s.
+    assert_eq!(refusal_of_a_full_queue(1).await, (503, Some(5), Some(5000)));
+    assert_eq!(
+        refusal_of_a_full_queue(3).await,
+        (503, Some(15), Some(15000))
+    );
 }

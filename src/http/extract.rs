@@ -1,13 +1,14 @@
 //! A JSON body extractor whose rejections use our error shape and the API's words: malformed
 //! JSON 400 `invalid_json`; a field of the wrong type, a value its type cannot hold, or a
 //! missing required field 400 with `param` the field's path (`messages[2].content`); a body
-//! over the limit 413.
+//! over the limit 413; a body that does not arrive within its deadline 408.
 //!
 //! The body is parsed once into a `serde_json::Value`, then each request struct is read from
 //! it with `serde_path_to_error`, which knows where a failure happened. serde's own message
 //! speaks of Rust (`expected usize`, `untagged enum PromptField`), so only its kind and its
 //! `expected` part are kept, translated; what the client sent is described from the body.
 
+use crate::conn::BodyDeadline;
 use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -35,7 +36,16 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        // Set by the connection layer; a router driven without it (unit tests) has no limit.
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read)
+                .await
+                .map_err(|_| body_timeout())?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -58,6 +68,17 @@ where
         })?;
         T::from_json(&body).map(ApiJson)
     }
+}
+
+/// 408 for a body that did not arrive in time (`connections.body_read_timeout_secs`); the
+/// connection is closed after it, since the rest of the body is never read.
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "The request body did not arrive in time",
+    )
+    .with_code("request_timeout")
 }
 
 /// Reads `T` from the whole `body`; a field that does not fit is a 400 naming its path.

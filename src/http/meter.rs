@@ -80,7 +80,8 @@ impl Meter {
                 "The usage ledger is behind; retry shortly",
             )
             .with_code("overloaded");
-            e.retry_after = Some(Duration::from_secs(1));
+            // Places free up as requests end: the model's backlog is the hint.
+            e.retry_after = Some(state.engine.retry_after(model));
             e
         })?;
         // From here on the meter counts and logs this request with its real outcome.

@@ -95,6 +95,11 @@ impl EmbedModel {
         self.queues.served_tokens()
     }
 
+    /// Retry-After for a client refused now (the longest over the pools).
+    pub fn retry_after(&self) -> Duration {
+        self.queues.retry_after()
+    }
+
     /// Embeds every input (vectors in input order). Inputs longer than the model's limit are
     /// an error unless `truncate` is set; then they keep their first tokens.
     pub async fn embed(
@@ -140,7 +145,7 @@ impl EmbedModel {
             .map_err(|refused| match refused {
                 Refused::Full(_) | Refused::TooLarge(_) => InferError::Overloaded {
                     model: self.name.clone(),
-                    retry_after: Duration::from_secs(1),
+                    retry_after: queue.retry_after(),
                 },
                 Refused::Closed(_) => InferError::ShuttingDown,
             })?;
@@ -268,6 +273,8 @@ pub(crate) fn run(
             e
         });
         let round = started.elapsed().as_secs_f64();
+        let share = Duration::from_secs_f64(round / jobs.len() as f64);
+        jobs.iter().for_each(|_| queue.record_service(share));
         let total_tokens = jobs.iter().map(EmbedJob::tokens).sum::<usize>().max(1) as f64;
         let mut rows = result.as_ref().ok().map(|v| v.iter().cloned());
         for job in jobs {
@@ -292,6 +299,7 @@ pub(crate) fn run(
 fn take_jobs(queue: &ModelQueue<EmbedJob>, knobs: EmbedKnobs, name: &str) -> Vec<EmbedJob> {
     let mut q = queue.lock();
     q.retain(|job| !job.reply.is_closed());
+    let retry_after = queue.retry_after_at(q.len());
     let (mut jobs, mut tokens, mut rows) = (Vec::new(), 0usize, 0usize);
     let now = Instant::now();
     loop {
@@ -310,6 +318,7 @@ fn take_jobs(queue: &ModelQueue<EmbedJob>, knobs: EmbedKnobs, name: &str) -> Vec
             let err = InferError::QueueTimeout {
                 model: name.to_string(),
                 waited: job.queue_timeout,
+                retry_after,
             };
             let _ = job.reply.send(Err(err));
             continue;

@@ -158,6 +158,15 @@ impl Engine {
         all
     }
 
+    /// Retry-After for a client of `model` refused now: its queues' backlog estimate.
+    pub fn retry_after(&self, model: &str) -> Duration {
+        match self.models.get(model) {
+            Some(ModelHandle::Generate(m)) => m.retry_after(),
+            Some(ModelHandle::Embed(m)) => m.retry_after(),
+            None => super::backlog::MIN_RETRY_AFTER,
+        }
+    }
+
     /// Applies new class weights to every model's queue (a tier reload).
     pub fn set_weights(&self, weights: &[f64]) {
         for handle in self.models.values() {
@@ -247,6 +256,7 @@ impl Engine {
             queue
                 .lock()
                 .add_replica_slots(knobs.max_batch_size, mc.fair_share_grace_ms);
+            queue.add_slots(knobs.max_batch_size);
             let ctx = Arc::new(WorkerContext {
                 name: mc.name.clone(),
                 tokenizer: tokenizer.clone(),
@@ -300,6 +310,8 @@ impl Engine {
             let queue = queues.get_or_insert(spec.pool.as_deref(), || {
                 ModelQueue::new(FairQueue::new(&self.weights, mc.max_queue, usize::MAX))
             });
+            // One round at a time per replica; each job records its share of the round.
+            queue.add_slots(1);
             let name = mc.name.clone();
             self.spawn(spec, queue.clone(), move |spec| {
                 let device = spec.device.open(&spec.replica)?;

@@ -55,6 +55,11 @@ pub(crate) struct Sequence {
 }
 
 impl Sequence {
+    /// How long it has held its slot.
+    pub fn held(&self) -> std::time::Duration {
+        self.admitted.elapsed()
+    }
+
     /// The first choice of `job`, in `slot`, holding `reserved` for the others.
     pub fn first(job: GenJob, slot: usize, reserved: Vec<usize>, now: Instant) -> Self {
         let cost = job.cost();

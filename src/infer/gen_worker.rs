@@ -195,6 +195,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             if !keep {
                 // Its own slot and any still held for choices it never started.
                 for &slot in std::iter::once(&seq.slot).chain(&seq.reserved) {
+                    ctx.queue.record_service(seq.held());
                     ctx.queue.lock().ended(seq.class, now_ms());
                     model.release(slot);
                     cap.free_slots.push(slot);
@@ -216,6 +217,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
 fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, replica: usize) {
     let mut queue = ctx.queue.lock();
     let now = std::time::Instant::now();
+    let retry_after = ctx.queue.retry_after_at(queue.len());
     queue.retain(|job| {
         if now > job.queue_deadline {
             // Say why, so the waiting handler answers 503 queue_timeout even if this check
@@ -224,6 +226,7 @@ fn admit(ctx: &WorkerContext, cap: &mut Capacity, live: &mut Vec<Sequence>, repl
             let error = InferError::QueueTimeout {
                 model: ctx.name.clone(),
                 waited,
+                retry_after,
             };
             let _ = job.events.try_send(GenEvent::Failed(error));
             return false;

@@ -402,8 +402,8 @@ impl GenerateModel {
             Refused::Full(_) => {
                 bump(&self.counters.rejected_full);
                 InferError::Overloaded {
-                model: self.name.clone(),
-                retry_after: Duration::from_secs(1),
+                    model: self.name.clone(),
+                    retry_after: queue.retry_after(),
                 }
             }
             Refused::TooLarge(_) => InferError::invalid(
@@ -431,6 +431,7 @@ impl GenerateModel {
                 return Err(InferError::QueueTimeout {
                     model: self.name.clone(),
                     waited: queue_timeout,
+                    retry_after: queue.retry_after(),
                 });
             }
         }
@@ -476,6 +477,17 @@ impl GenerateModel {
     /// Requests waiting for a replica now.
     pub fn queued(&self) -> usize {
         self.queues.len()
+    }
+
+    /// Retry-After for a client refused now (the longest over the pools).
+    pub fn retry_after(&self) -> Duration {
+        self.queues.retry_after()
+    }
+
+    /// Feeds one request's slot time into every pool's Retry-After estimate, as the replicas
+    /// do when a request ends. Tests use it to fix the estimate at a known value.
+    pub fn record_service_time(&self, took: Duration) {
+        self.queues.all().for_each(|q| q.record_service(took));
     }
 
     /// Tokens (prompt + max_tokens) admitted so far per scheduling class: the share each

@@ -4,6 +4,7 @@
 //! Async code talks to a model only through `GenerateModel::submit` and `EmbedModel::embed`;
 //! both return at once with 503 when the queue is full, and a dropped receiver cancels work.
 
+mod backlog;
 mod embed;
 mod engine;
 mod gen_checks;
@@ -55,7 +56,12 @@ pub enum InferError {
         retry_after: Duration,
     },
     #[error("The request waited longer than {waited:?} in the queue of `{model}`; retry shortly")]
-    QueueTimeout { model: String, waited: Duration },
+    QueueTimeout {
+        model: String,
+        waited: Duration,
+        /// The queue's backlog estimate when it gave up (`backlog`).
+        retry_after: Duration,
+    },
     #[error("The request took longer than the limit of {0:?}")]
     RequestTimeout(Duration),
     #[error("The model `{0}` is not ready yet")]

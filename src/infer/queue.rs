@@ -1,12 +1,15 @@
 //! The waiting room of one model, shared by its replicas: a `FairQueue` behind a std mutex,
 //! with a condvar that wakes idle replicas. Async handlers only push (a short critical
 //! section, no await inside), replica threads pop between engine steps, so a plain mutex is
-//! both sufficient and cheaper than an async one.
+//! both sufficient and cheaper than an async one. It also keeps what a refused client is
+//! told to wait (`backlog`): the replicas record how long each request held a slot.
 
+use super::backlog::{self, ServiceTime};
 use super::policy::{FairQueue, PushError};
 use super::InferError;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub(crate) struct ModelQueue<T> {
     state: Mutex<FairQueue<T>>,
@@ -16,6 +19,9 @@ pub(crate) struct ModelQueue<T> {
     serving: AtomicUsize,
     /// Test hook: the next replica to look panics (`Engine::inject_fault`).
     fault: AtomicBool,
+    service: ServiceTime,
+    /// Requests the queue's replicas run at once (their slots, summed).
+    slots: AtomicUsize,
 }
 
 /// Why `push` refused a request.
@@ -67,7 +73,34 @@ impl<T> ModelQueue<T> {
             closed: AtomicBool::new(false),
             serving: AtomicUsize::new(0),
             fault: AtomicBool::new(false),
+            service: ServiceTime::default(),
+            slots: AtomicUsize::new(0),
         }
+    }
+
+    /// A replica that runs `slots` requests at once now serves this queue.
+    pub fn add_slots(&self, slots: usize) {
+        self.slots.fetch_add(slots, Ordering::Relaxed);
+    }
+
+    /// A request held one of the slots for `took` (its share of a round, for embeddings).
+    pub fn record_service(&self, took: Duration) {
+        self.service.record(took);
+    }
+
+    /// Retry-After for a client refused now (locks the queue to count it).
+    pub fn retry_after(&self) -> Duration {
+        let depth = self.lock().len();
+        self.retry_after_at(depth)
+    }
+
+    /// Retry-After with `depth` requests waiting, for a caller that holds the lock.
+    pub fn retry_after_at(&self, depth: usize) -> Duration {
+        backlog::retry_after(
+            depth,
+            self.service.get(),
+            self.slots.load(Ordering::Relaxed),
+        )
     }
 
     pub fn push(&self, class: usize, cost: usize, item: T) -> Result<(), Refused<T>> {
@@ -201,6 +234,14 @@ impl<T> Pools<T> {
     pub fn weights(&self) -> Vec<Vec<f64>> {
         self.all().map(|q| q.lock().weights()).collect()
     }
+
+    /// The longest Retry-After of the pools.
+    pub fn retry_after(&self) -> Duration {
+        self.all()
+            .map(|q| q.retry_after())
+            .max()
+            .unwrap_or(backlog::MIN_RETRY_AFTER)
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +257,19 @@ mod tests {
         };
         q.close();
         assert!(!waiter.join().expect("thread"));
+    }
+
+    #[test]
+    fn retry_after_counts_the_waiting_requests_against_the_replicas_slots() {
+        let q = ModelQueue::new(FairQueue::new(&[1.0], 8, 10));
+        q.add_slots(2);
+        q.add_slots(2);
+        for i in 0..6 {
+            assert!(q.push(0, 1, i).is_ok());
+        }
+        q.record_service(Duration::from_secs(4));
+        // 6 waiting x 4 s over 4 slots.
+        assert_eq!(q.retry_after(), Duration::from_secs(6));
     }
 
     #[test]
