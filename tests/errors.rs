@@ -132,18 +132,14 @@ async fn store_true_is_400_naming_store() {
 }
 
 #[tokio::test]
-async fn assistant_tool_calls_that_are_not_empty_are_400_naming_them() {
+async fn tool_calls_outside_an_assistant_message_are_400_naming_them() {
     let call =
         json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
     let body = chat_with(
         "messages",
-        json!([
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": null, "tool_calls": [call]},
-            {"role": "user", "content": "and?"},
-        ]),
+        json!([{"role": "user", "content": "hi", "tool_calls": [call]}]),
     );
-    expect_error(CHAT, body, 400, Some("messages[1].tool_calls")).await;
+    expect_error(CHAT, body, 400, Some("messages[0].tool_calls")).await;
 }
 
 #[tokio::test]
@@ -205,10 +201,9 @@ async fn unsupported_fields_are_400_naming_the_field() {
         ("best_of", json!(2)),
         ("echo", json!(true)),
         (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            "functions",
+            json!([{"name": "f", "parameters": {"type": "object"}}]),
         ),
-        ("response_format", json!({"type": "json_object"})),
     ] {
         let mut body = chat_body("hi", 2);
         body[field] = value;

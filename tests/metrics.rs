@@ -197,6 +197,8 @@ async fn label_values_stay_in_bounded_sets() {
         "/ready",
         "/admin/reload",
         "/admin/tenants",
+        "/v1/responses",
+        "/v1/responses/{id}",
         "unmatched",
     ];
     for (name, labels, _) in scrape().await {
@@ -210,6 +212,8 @@ async fn label_values_stay_in_bounded_sets() {
                 "replica" => v.parse::<usize>().is_ok(),
                 "device" => v == "cpu" || v.starts_with("cuda:"),
                 "part" => ["list", "subsidy", "tenant_charge"].contains(&v.as_str()),
+                "listener" => ["api", "metrics"].contains(&v.as_str()),
+                "reason" => ["refused", "header_timeout", "idle_timeout"].contains(&v.as_str()),
                 "le" | "quantile" => true,
                 _ => false,
             };
