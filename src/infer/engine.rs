@@ -7,6 +7,7 @@ use super::generate::GenerateModel;
 use super::grammar::{GrammarLimits, Grammars};
 use super::policy::FairQueue;
 use super::queue::{ModelQueue, Pools, Supervised};
+use super::supervise::{supervise, LoadState};
 use super::InferError;
 use crate::backend::chat_template::ChatTemplate;
 use crate::backend::device::DeviceSpec;
@@ -27,16 +28,6 @@ use tokio::sync::watch;
 pub enum ModelHandle {
     Generate(Arc<GenerateModel>),
     Embed(Arc<EmbedModel>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum LoadState {
-    Loading,
-    Ready,
-    /// Failed to load at start-up (the start fails).
-    Failed(String),
-    /// Died (or failed to reload) after loading; being loaded again.
-    Down(String),
 }
 
 /// One replica as seen from outside its thread.
@@ -73,18 +64,18 @@ pub struct Engine {
 }
 
 /// What a replica thread needs to load its model.
-struct LoadSpec {
-    manifest: Manifest,
-    dir: PathBuf,
-    dtype: String,
-    max_slots: usize,
-    max_seq_len: usize,
-    device: DeviceSpec,
-    replica: String,
+pub(super) struct LoadSpec {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    pub dtype: String,
+    pub max_slots: usize,
+    pub max_seq_len: usize,
+    pub device: DeviceSpec,
+    pub replica: String,
     /// Index among the model's replicas.
-    index: usize,
+    pub index: usize,
     /// The dedicated tier it serves; None: the shared pool.
-    pool: Option<String>,
+    pub pool: Option<String>,
 }
 
 impl Engine {
@@ -408,89 +399,6 @@ impl Engine {
             _ => false,
         }
     }
-}
-
-/// First wait after a replica died; it doubles after each failure up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The life of one replica thread (see `Engine::spawn`).
-fn supervise(
-    spec: &LoadSpec,
-    queue: &dyn Supervised,
-    state: &watch::Sender<LoadState>,
-    load: impl Fn(&LoadSpec) -> Result<Box<dyn FnOnce() + Send>, BackendError>,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut started = false;
-    let restarts = crate::metrics::get()
-        .replica_restarts
-        .with_label_values(&[&spec.manifest.name, &spec.index.to_string()]);
-    loop {
-        match timed(|| load(spec)) {
-            (Ok(serve), secs) => {
-                // Resident memory is the whole process's (replicas load side by side): the
-                // last replica's line shows what the configured models take.
-                tracing::info!(replica = %spec.replica, device = %spec.device,
-                    load_secs = format!("{secs:.1}"), process_rss_mb = resident_mb(), "replica ready");
-                started = true;
-                // Serving before it says ready: a request sent on `/ready`'s word is queued.
-                queue.replica_up();
-                state.send_replace(LoadState::Ready);
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve));
-                if let Err(panic) = &served {
-                    // Down before its waiting requests are answered, so that a client told
-                    // 503 finds `/ready` saying why.
-                    let why = panic_message(panic);
-                    tracing::error!(replica = %spec.replica, error = %why, "replica died; restarting");
-                    state.send_replace(LoadState::Down(why));
-                    restarts.inc();
-                }
-                queue.replica_down(&spec.manifest.name);
-                if served.is_ok() {
-                    return; // the queue closed: shutdown
-                }
-            }
-            (Err(e), _) if !started => {
-                tracing::error!(replica = %spec.replica, error = %e, "replica failed to load");
-                state.send_replace(LoadState::Failed(e.to_string()));
-                return;
-            }
-            (Err(e), _) => {
-                tracing::error!(replica = %spec.replica, error = %e, "replica failed to reload");
-                state.send_replace(LoadState::Down(e.to_string()));
-            }
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        if queue.is_closed() {
-            return;
-        }
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let start = std::time::Instant::now();
-    let out = f();
-    (out, start.elapsed().as_secs_f64())
-}
-
-/// The process's resident set in MB (`VmRSS`; 0 where /proc is not there).
-fn resident_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 fn queue_timeout(config: &Config, mc: &ModelConfig) -> Duration {

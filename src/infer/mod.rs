@@ -17,6 +17,7 @@ pub mod policy;
 mod queue;
 pub mod sampling;
 pub mod share;
+mod supervise;
 pub mod text;
 pub mod token_bytes;
 
