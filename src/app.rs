@@ -4,13 +4,26 @@
 //! scheduling class per tier; reloads of the tenant files; and new API keys.
 
 use crate::config::{AuthMode, Config};
-use crate::http::{AppState, IpGuard};
+use crate::conn::IpGuard;
 use crate::infer::Engine;
 use crate::ledger::{self, Ledger, LedgerWriter};
 use crate::tenancy::keys::KeyHash;
 use crate::tenancy::{self, Clock, Directory, Limiter, LocalLimiter, Tenancy};
 use anyhow::{bail, Context};
 use std::sync::Arc;
+
+/// What every handler shares. Built by `start`.
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Config,
+    pub tenancy: Tenancy,
+    pub ledger: Ledger,
+    pub ip_guard: IpGuard,
+    /// Hash of the key of `/admin/*` routes; None: those routes always answer 401.
+    pub admin_key: Option<KeyHash>,
+    /// Unix time of start-up, reported as each model's `created`.
+    pub started: u64,
+}
 
 /// A started gateway: the state to serve, and the ledger writer to join at shutdown.
 pub struct App {
@@ -56,7 +69,7 @@ pub fn start(config: Config, fetch: bool, clock: Arc<dyn Clock>) -> anyhow::Resu
         admin_key: admin_key(&config)?,
         tenancy: Tenancy::new(directory, limiter, sources, clock),
         ledger,
-        started: crate::http::unix_now(),
+        started: (tenancy::unix_ms_now() / 1000) as u64,
         config,
     };
     Ok(App {

@@ -151,8 +151,8 @@ impl ApiError {
 impl From<InferError> for ApiError {
     fn from(err: InferError) -> Self {
         use StatusCode as S;
-        let message = err.to_string();
-        let unavailable = |code, retry| {
+        let (message, code) = (err.to_string(), err.code());
+        let unavailable = |retry| {
             let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "server_error", message.clone())
                 .with_code(code);
             e.retry_after = Some(retry);
@@ -160,28 +160,26 @@ impl From<InferError> for ApiError {
         };
         match err {
             InferError::UnknownModel(_) | InferError::NoReplicas { .. } => {
-                ApiError::not_found(message).with_code("model_not_found")
+                ApiError::not_found(message).with_code(code)
             }
-            InferError::WrongKind { .. } => {
-                ApiError::invalid(message, "model").with_code("model_not_supported")
-            }
+            InferError::WrongKind { .. } => ApiError::invalid(message, "model").with_code(code),
             InferError::ContextLength { message, param } => {
-                ApiError::invalid(message, param).with_code("context_length_exceeded")
+                ApiError::invalid(message, param).with_code(code)
             }
+            // OpenAI sends no code for a plain invalid request.
             InferError::Invalid { message, param } => {
                 let mut e = ApiError::new(S::BAD_REQUEST, "invalid_request_error", message);
                 e.param = param.map(str::to_string);
                 e
             }
-            InferError::Overloaded { retry_after, .. } => unavailable("overloaded", retry_after),
-            InferError::QueueTimeout { retry_after, .. } => {
-                unavailable("queue_timeout", retry_after)
+            InferError::Overloaded { retry_after, .. }
+            | InferError::QueueTimeout { retry_after, .. } => unavailable(retry_after),
+            // A loading replica or a restarting gateway: seconds, not the queue's backlog.
+            InferError::NotReady(_) | InferError::ShuttingDown | InferError::Interrupted => {
+                unavailable(Duration::from_secs(5))
             }
-            InferError::NotReady(_) => unavailable("model_not_ready", Duration::from_secs(5)),
-            InferError::ShuttingDown => unavailable("shutting_down", Duration::from_secs(5)),
             InferError::RequestTimeout(_) => {
-                ApiError::new(S::GATEWAY_TIMEOUT, "server_error", message)
-                    .with_code("request_timeout")
+                ApiError::new(S::GATEWAY_TIMEOUT, "server_error", message).with_code(code)
             }
             InferError::Backend(detail) => {
                 tracing::error!(error = %detail, "model failure");
@@ -190,7 +188,7 @@ impl From<InferError> for ApiError {
                     "server_error",
                     "The model failed to process the request",
                 )
-                .with_code("model_error")
+                .with_code(code)
             }
         }
     }

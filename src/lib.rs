@@ -10,6 +10,7 @@
 //! by sha256 (`models`); everything tunable lives in one `config::Config`. Connections are
 //! accepted, capped and timed out by `conn`, in front of the router.
 
+pub mod account;
 pub mod app;
 pub mod backend;
 pub mod config;
@@ -20,9 +21,11 @@ pub mod infer;
 pub mod ledger;
 pub mod metrics;
 pub mod models;
+pub mod outcome;
 pub mod tenancy;
 
-pub use http::{router, AppState};
+pub use app::AppState;
+pub use http::router;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -42,19 +42,6 @@ const TOKEN_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// How a request ended, as the `outcome` label says it.
-pub const OUTCOMES: &[&str] = &[
-    "ok",
-    "rate_limited",
-    "over_budget",
-    "overloaded",
-    "timeout",
-    "cancelled",
-    "error",
-    "invalid",
-    "unauthorized",
-];
-
 pub struct Metrics {
     registry: Registry,
     /// route, model, tier, status_class, outcome.

@@ -7,6 +7,9 @@
 //! ones at once), return when all are closed.
 
 mod clock;
+mod ip_guard;
+
+pub use ip_guard::IpGuard;
 
 use crate::config::ConnectionLimits;
 use axum::extract::ConnectInfo;

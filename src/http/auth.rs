@@ -4,62 +4,19 @@
 //! `/admin/*` routes take the separate admin key instead.
 
 use super::AppState;
+use crate::account::Caller;
 use crate::error::ApiError;
 use crate::tenancy::keys::KeyHash;
-use crate::tenancy::{headers, Directory, Tenant, ANONYMOUS};
+use crate::tenancy::{headers, ANONYMOUS};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
-
-/// The authenticated caller, put in the request's extensions for the handlers.
-#[derive(Clone)]
-pub struct Caller {
-    pub tenant: Arc<Tenant>,
-    /// The directory the tenant was found in (prices, tiers), consistent for the request.
-    pub directory: Arc<Directory>,
-    /// `x-request-id`: the client's (when sane) or ours; also the ledger's request id.
-    pub request_id: String,
-    /// Route template, the metrics' `route` label.
-    pub route: String,
-    /// Set by the meter: it counts and logs the request itself, with its real outcome.
-    pub metered: Arc<AtomicBool>,
-}
-
-/// Requests per client IP, before authentication.
-pub struct IpGuard {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-/// Distinct IPs remembered before idle ones are forgotten, so the guard's memory is bounded.
-const IP_GUARD_MAX_KEYS: usize = 10_000;
-
-impl IpGuard {
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
-        IpGuard {
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-        }
-    }
-
-    fn check(&self, ip: IpAddr) -> Result<(), std::time::Duration> {
-        if self.limiter.len() > IP_GUARD_MAX_KEYS {
-            self.limiter.retain_recent();
-        }
-        self.limiter
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
-    }
-}
 
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -112,29 +69,9 @@ pub async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     // Probes are not API traffic: counting /ready while models load would read as rejections.
     let probe = route == "/health" || route == "/ready";
     if !metered.load(Ordering::Acquire) && !probe {
-        let status = response.status().as_u16();
-        let outcome = match status {
-            401 => "unauthorized",
-            429 => "rate_limited",
-            503 => "overloaded",
-            504 => "timeout",
-            s if s >= 500 => "error",
-            s if s >= 400 => "invalid",
-            _ => "ok",
-        };
         let tier = tier.as_deref().unwrap_or("none");
-        crate::metrics::get()
-            .requests
-            .with_label_values(&[
-                &route,
-                "none",
-                tier,
-                crate::metrics::status_class(status),
-                outcome,
-            ])
-            .inc();
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(parent: &span, status, tier, outcome, ms, "access");
+        let status = response.status().as_u16();
+        span.in_scope(|| crate::account::unmetered(&route, tier, status, started));
     }
     response
 }
@@ -225,17 +162,6 @@ async fn authorize_and_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_guard_admits_the_burst_per_address_then_says_how_long_to_wait() {
-        let guard = IpGuard::new(1, 2);
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        assert!(guard.check(a).is_ok() && guard.check(a).is_ok());
-        let wait = guard.check(a).unwrap_err();
-        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
-        assert!(guard.check(b).is_ok(), "another address has its own bucket");
-    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {

@@ -6,13 +6,13 @@
 use super::answer::{Answer, Generated};
 use super::dto::Usage;
 use super::logprobs::{self, CompletionLogprobs};
-use super::meter::Meter;
 use super::tool_calls::{CallParser, Piece};
+use crate::account::Meter;
 use crate::error::ApiError;
 use crate::infer::{
     FinishReason, GenEvent, GenStream, GenerateModel, InferError, Prepared, TokenLogprob,
 };
-use crate::ledger::Outcome;
+use crate::outcome::Outcome;
 use crate::tenancy::{headers, RateStatus};
 use axum::http::{HeaderMap, HeaderValue};
 use futures_util::stream::StreamExt;

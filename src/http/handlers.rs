@@ -1,21 +1,21 @@
 //! Route handlers.
 
 use super::answer::Generated;
-use super::auth::Caller;
 use super::dto::{
     chat_messages, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingInput,
     EmbeddingRequest, PromptField, SamplingFields, StreamOptions, TokenizeRequest,
 };
 use super::extract::ApiJson;
 use super::generation::{respond, Call, Shape};
-use super::meter::Meter;
 use super::AppState;
+use crate::account::Caller;
+use crate::account::Meter;
 use crate::error::ApiError;
 use crate::infer::{
     Constraint, EmbedInput, EmbedModel, GenRequest, GenerateModel, InferError, ModelHandle,
     PromptInput,
 };
-use crate::ledger::Outcome;
+use crate::outcome::Outcome;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

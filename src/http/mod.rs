@@ -11,7 +11,6 @@ mod generation;
 mod handlers;
 mod logprobs;
 mod messages;
-mod meter;
 mod responses;
 mod responses_out;
 mod responses_params;
@@ -19,31 +18,13 @@ mod tool_calls;
 mod tools;
 
 pub use admin::metrics_text;
-pub use auth::{Caller, IpGuard};
 pub use generation::unix_now;
 
-use crate::config::Config;
-use crate::infer::Engine;
-use crate::ledger::Ledger;
-use crate::tenancy::keys::KeyHash;
-use crate::tenancy::Tenancy;
+pub use crate::app::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
-
-/// What every handler shares. Built by `app::start`.
-pub struct AppState {
-    pub engine: Engine,
-    pub config: Config,
-    pub tenancy: Tenancy,
-    pub ledger: Ledger,
-    pub ip_guard: IpGuard,
-    /// Hash of the key of `/admin/*` routes; None: those routes always answer 401.
-    pub admin_key: Option<KeyHash>,
-    /// Unix time of start-up, reported as each model's `created`.
-    pub started: u64,
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_body_bytes;

@@ -9,13 +9,13 @@
 //! we do not implement are accepted at their neutral values only, as on the chat path.
 
 use super::answer::Answer;
-use super::auth::Caller;
 use super::dto::ChatRequest;
 use super::extract::{ApiJson, RequestBody};
 use super::handlers::chat_generation;
 use super::responses_out::{events, Shell};
 use super::responses_params::{Origin, ParamMap};
 use super::AppState;
+use crate::account::Caller;
 use crate::error::ApiError;
 use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};

@@ -24,13 +24,14 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use crate::outcome::Outcome;
 pub use chain::{row_hash, verify, Break, BreakKind, ChainReport, VerifyReport, GENESIS};
 pub use config::LedgerConfig;
 pub use month::{civil_from_days, month_range, month_range_of};
 pub use price::{cost_split, CostSplit, Price};
-pub use record::{Outcome, UsageRecord};
+pub use record::UsageRecord;
 pub use report::{build_report, hkd, Report, ReportFormat, ReportRow};
-pub use store::{open_store, ChainedRecord, Store};
+pub use store::{ChainedRecord, Store};
 pub use writer::{Ledger, LedgerStats, LedgerWriter, RecordSlot};
 
 /// Errors of the ledger layer: storage, configuration and the writer's life.
@@ -56,4 +57,17 @@ pub enum LedgerError {
     Unflushed(usize),
     #[error("month {0:?}: expected YYYY-MM")]
     BadMonth(String),
+}
+
+/// Opens the store `cfg.url` names and brings its schema up to date. Blocking; from async
+/// code call it inside `spawn_blocking` (required for PostgreSQL).
+pub fn open_store(cfg: &LedgerConfig) -> Result<Box<dyn Store>, LedgerError> {
+    if let Some(path) = cfg.url.strip_prefix("sqlite://") {
+        return Ok(Box::new(sqlite::SqliteStore::open(path)?));
+    }
+    if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {
+        let store = postgres::PgStore::open(&cfg.url, cfg.pg_schema.as_deref())?;
+        return Ok(Box::new(store));
+    }
+    Err(LedgerError::BadUrl(cfg.url.clone()))
 }

@@ -40,59 +40,10 @@ pub struct UsageRecord {
     pub subsidy_micro_hkd: i64,
     /// What the tenant pays: `list - subsidy`.
     pub charge_micro_hkd: i64,
-    /// One of [`Outcome::as_str`].
+    /// One of [`crate::outcome::Outcome::as_str`].
     pub outcome: String,
     /// Why a request was rejected or failed, for people (not parsed).
     pub reason: Option<String>,
-}
-
-/// How a request ended. Stored as its string so that the set can grow without a migration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Outcome {
-    Ok,
-    RateLimited,
-    OverBudget,
-    Overloaded,
-    Timeout,
-    Cancelled,
-    Error,
-    Invalid,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Ok,
-        Outcome::RateLimited,
-        Outcome::OverBudget,
-        Outcome::Overloaded,
-        Outcome::Timeout,
-        Outcome::Cancelled,
-        Outcome::Error,
-        Outcome::Invalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::OverBudget => "over_budget",
-            Outcome::Overloaded => "overloaded",
-            Outcome::Timeout => "timeout",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Error => "error",
-            Outcome::Invalid => "invalid",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl UsageRecord {
@@ -135,7 +86,7 @@ pub(crate) fn sample(request_id: &str, tenant: &str, charge: i64) -> UsageRecord
         subsidy_rate: 0.9,
         subsidy_micro_hkd: charge * 9,
         charge_micro_hkd: charge,
-        outcome: Outcome::Ok.as_str().into(),
+        outcome: crate::outcome::Outcome::Ok.as_str().into(),
         reason: None,
     }
 }
@@ -143,14 +94,6 @@ pub(crate) fn sample(request_id: &str, tenant: &str, charge: i64) -> UsageRecord
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcome_strings_parse_back() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::parse(o.as_str()), Some(o));
-        }
-        assert_eq!(Outcome::parse("OK"), None);
-    }
 
     #[test]
     fn normalize_clears_values_a_database_cannot_hold() {

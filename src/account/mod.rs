@@ -1,50 +1,40 @@
-//! One request's account: its place in the ledger (taken first, so that a record always has
-//! room), its admission by the tenant's limits, and, when it ends however it ends, the usage
-//! settled with the limiter and one record written. `Drop` covers the endings nobody
-//! reports: a client that disconnects mid-stream is billed for the tokens it got.
+//! The one owner of a request's accounting, outside the HTTP layer: its place in the ledger
+//! (taken first, so that a record always has room), its admission by the tenant's limits,
+//! and, when it ends however it ends, the usage settled with the limiter, the cost split, one
+//! ledger record, the metrics and the access line (`observe`). How it ended is an
+//! [`Outcome`]. `Drop` covers the endings nobody reports: a client that disconnects
+//! mid-stream is billed for the tokens it got. Handlers only open, admit, report progress
+//! and end a `Meter`.
 
-use super::auth::Caller;
-use super::AppState;
+mod bill;
+mod observe;
+
+pub use bill::Bill;
+pub(crate) use observe::unmetered;
+
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::infer::{InferError, Progress};
-use crate::ledger::{cost_split, Outcome, Price, RecordSlot, UsageRecord};
-use crate::tenancy::{self, Admission, Ask, LimitKind, RateStatus, Tenant, Usage};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use std::sync::atomic::Ordering;
+use crate::ledger::{cost_split, Price, RecordSlot, UsageRecord};
+use crate::outcome::Outcome;
+use crate::tenancy::{self, Admission, Ask, Directory, LimitKind, RateStatus, Tenant, Usage};
+use axum::http::StatusCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a finished request cost, for the response headers.
-#[derive(Debug, Clone, Copy)]
-pub struct Bill {
-    pub queue_ms: f64,
-    pub compute_ms: f64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub list_micro_hkd: i64,
-    pub charge_micro_hkd: i64,
-    pub subsidy_rate: f64,
-}
-
-impl Bill {
-    /// `x-queue-time-ms`, `x-compute-time-ms`, token counts and the cost split.
-    pub fn insert_headers(&self, headers: &mut HeaderMap) {
-        let hkd = |micro: i64| format!("{:.6}", micro as f64 / 1e6);
-        let pairs = [
-            ("x-queue-time-ms", format!("{:.1}", self.queue_ms)),
-            ("x-compute-time-ms", format!("{:.1}", self.compute_ms)),
-            ("x-prompt-tokens", self.prompt_tokens.to_string()),
-            ("x-completion-tokens", self.completion_tokens.to_string()),
-            ("x-cost-list-hkd", hkd(self.list_micro_hkd)),
-            ("x-cost-tenant-hkd", hkd(self.charge_micro_hkd)),
-            ("x-subsidy-rate", self.subsidy_rate.to_string()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
-        }
-    }
+/// The authenticated caller, put in the request's extensions for the handlers.
+#[derive(Clone)]
+pub struct Caller {
+    pub tenant: Arc<Tenant>,
+    /// The directory the tenant was found in (prices, tiers), consistent for the request.
+    pub directory: Arc<Directory>,
+    /// `x-request-id`: the client's (when sane) or ours; also the ledger's request id.
+    pub request_id: String,
+    /// Route template, the metrics' `route` label.
+    pub route: String,
+    /// Set by the meter: it counts and logs the request itself, with its real outcome.
+    pub metered: Arc<AtomicBool>,
 }
 
 pub struct Meter {
@@ -177,20 +167,14 @@ impl Meter {
         self.record(outcome, completion, reason)
     }
 
-    /// Ended with an error: its outcome follows the error.
+    /// Ended with an error: its outcome and reason follow the error.
     pub fn fail(self, error: &InferError) {
-        let outcome = match error {
-            InferError::Overloaded { .. }
-            | InferError::QueueTimeout { .. }
-            | InferError::NotReady(_)
-            | InferError::ShuttingDown => Outcome::Overloaded,
-            InferError::RequestTimeout(_) => Outcome::Timeout,
-            InferError::Backend(_) => Outcome::Error,
-            _ => Outcome::Invalid,
-        };
         let completion = self.progress.as_ref().map_or(0, |p| p.generated());
-        let reason = error_code(error);
-        self.end(outcome, completion, Some(reason.into()));
+        self.end(
+            Outcome::of_error(error),
+            completion,
+            Some(error.code().into()),
+        );
     }
 
     fn record(
@@ -251,7 +235,7 @@ impl Meter {
             outcome: outcome.as_str().to_string(),
             reason,
         };
-        self.observe(&record, ran);
+        observe::ended(&record, outcome, &self.route, self.started_at, ran);
         let bill = Bill {
             queue_ms,
             compute_ms: record.compute_ms,
@@ -263,63 +247,6 @@ impl Meter {
         };
         slot.write(record);
         Some(bill)
-    }
-
-    /// Metrics and the access line of the ended request (counts and times, never text).
-    fn observe(&self, r: &UsageRecord, ran: bool) {
-        let m = crate::metrics::get();
-        let outcome = r.outcome.as_str();
-        let status = match outcome {
-            "ok" | "cancelled" => "2xx",
-            "rate_limited" | "over_budget" | "invalid" => "4xx",
-            _ => "5xx",
-        };
-        let labels = [r.model.as_str(), r.tier.as_str()];
-        m.requests
-            .with_label_values(&[&self.route, &r.model, &r.tier, status, outcome])
-            .inc();
-        let seconds = self.started_at.elapsed().as_secs_f64();
-        if ran {
-            m.e2e.with_label_values(&labels).observe(seconds);
-            m.queue_time
-                .with_label_values(&labels)
-                .observe(r.queue_ms / 1e3);
-            m.prompt_len
-                .with_label_values(&labels)
-                .observe(r.prompt_tokens as f64);
-            m.output_len
-                .with_label_values(&labels)
-                .observe(r.completion_tokens as f64);
-            m.prompt_tokens
-                .with_label_values(&labels)
-                .inc_by(r.prompt_tokens);
-            m.generation_tokens
-                .with_label_values(&labels)
-                .inc_by(r.completion_tokens);
-        }
-        for (part, micro) in [
-            ("list", r.list_micro_hkd),
-            ("subsidy", r.subsidy_micro_hkd),
-            ("tenant_charge", r.charge_micro_hkd),
-        ] {
-            m.cost_hkd
-                .with_label_values(&[r.tier.as_str(), part])
-                .inc_by(micro as f64 / 1e6);
-        }
-        tracing::info!(
-            request_id = %r.request_id,
-            tenant = %r.tenant,
-            tier = %r.tier,
-            model = %r.model,
-            outcome,
-            reason = r.reason.as_deref().unwrap_or(""),
-            prompt_tokens = r.prompt_tokens,
-            completion_tokens = r.completion_tokens,
-            queue_ms = r.queue_ms,
-            compute_ms = r.compute_ms,
-            ms = seconds * 1e3,
-            "access"
-        );
     }
 }
 
@@ -333,17 +260,5 @@ impl Drop for Meter {
         } else {
             self.record(Outcome::Invalid, 0, None);
         }
-    }
-}
-
-fn error_code(error: &InferError) -> &'static str {
-    match error {
-        InferError::Overloaded { .. } => "overloaded",
-        InferError::QueueTimeout { .. } => "queue_timeout",
-        InferError::NotReady(_) => "model_not_ready",
-        InferError::ShuttingDown => "shutting_down",
-        InferError::RequestTimeout(_) => "request_timeout",
-        InferError::Backend(_) => "model_error",
-        _ => "invalid_request",
     }
 }
