@@ -173,8 +173,11 @@ pub struct Limits {
     pub queue_timeout_secs: u64,
     /// Longest a whole request may take; a stream past it ends with an error event.
     pub request_timeout_secs: u64,
-    /// On shutdown, how long running requests may take to finish.
+    /// On shutdown, how long running requests may take to finish; then they are cut.
     pub shutdown_grace_secs: u64,
+    /// After the grace period, the longest the cut requests' records, the ledger flush and
+    /// the replica threads' exit may take. Exit comes at most grace + flush after SIGTERM.
+    pub shutdown_flush_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,7 +286,9 @@ impl Default for Limits {
             grammar_compile_fuel: 1_000_000,
             queue_timeout_secs: 30,
             request_timeout_secs: 600,
-            shutdown_grace_secs: 30,
+            // 20 + 5: inside Kubernetes' default 30 s termination grace period.
+            shutdown_grace_secs: 20,
+            shutdown_flush_secs: 5,
         }
     }
 }
@@ -303,18 +308,6 @@ impl ModelConfig {
             max_queue: default_queue(),
             queue_timeout_secs: None,
             replicas: default_replicas(),
-        }
-    }
-
-    /// The batching knobs of a generation replica.
-    pub fn generate_knobs(&self) -> crate::infer::BatchKnobs {
-        crate::infer::BatchKnobs {
-            max_batch_size: self.max_batch_size,
-            max_batch_tokens: self
-                .max_batch_tokens
-                .unwrap_or(self.max_batch_size * self.max_seq_len),
-            max_prefill_tokens: self.max_prefill_tokens,
-            max_decode_steps_before_prefill: self.max_decode_steps_before_prefill,
         }
     }
 

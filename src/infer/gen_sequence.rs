@@ -3,8 +3,7 @@
 //! events, and knows when it is finished. The replica loop (`gen_worker`) decides when it
 //! runs.
 
-use super::gen_worker::{GenJob, WorkerContext};
-use super::generate::{FinishReason, GenEvent, Progress};
+use super::gen_job::{FinishReason, GenEvent, GenJob, Progress, WorkerContext};
 use super::logprobs::TokenLogprob;
 use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, StopMatcher};
@@ -208,6 +207,13 @@ impl Sequence {
             reason,
             completion_tokens: self.generated,
         });
+        self.done = true;
+    }
+
+    /// Shutdown cut it short: the client is told; it is billed for what it got.
+    pub fn interrupt(&mut self) {
+        tracing::info!(parent: &self.span, choice = self.index, tokens = self.generated, "interrupted by shutdown");
+        self.send(GenEvent::Failed(InferError::Interrupted));
         self.done = true;
     }
 

@@ -1,14 +1,14 @@
 //! The async face of a generation model: validate and tokenize, enqueue without waiting,
 //! and hand back a stream of events.
 
-use super::gen_worker::GenJob;
+use super::gen_job::GenJob;
+pub use super::gen_job::{FinishReason, GenEvent, Progress};
 use super::grammar::{Constraint, Grammar, Grammars};
-use super::logprobs::TokenLogprob;
 use super::queue::{Pools, Refused};
 use super::{blocking, InferError, SamplingParams};
 use crate::backend::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::Limits;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokenizers::Tokenizer;
@@ -66,94 +66,6 @@ pub struct GenRequest {
     pub pool: Option<String>,
     /// The tier, as the metrics' `tier` label (a configured name, never a tenant id).
     pub tier: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// End-of-sequence token or a stop sequence.
-    Stop,
-    /// `max_tokens` or the context length was reached.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-/// Events from the worker to one request, in order: `Admitted`, then `Prompt` if asked, then
-/// for each choice (interleaved by `index`) any number of `Delta` and one `Finished`; or a
-/// `Failed` at any point, which ends the request.
-#[derive(Debug)]
-pub enum GenEvent {
-    Admitted,
-    /// The prompt's first token and the log-probabilities of the ones after it
-    /// (`prompt_logprobs`).
-    Prompt {
-        first: u32,
-        scores: Vec<TokenLogprob>,
-    },
-    /// New text of choice `index` (possibly empty while a stop sequence or a multi-byte
-    /// character is pending) and the sampled token's log-probability, when asked.
-    Delta {
-        index: usize,
-        text: String,
-        logprob: Option<TokenLogprob>,
-    },
-    Finished {
-        index: usize,
-        reason: FinishReason,
-        completion_tokens: usize,
-    },
-    Failed(InferError),
-}
-
-/// What the worker has done for one request so far, readable at any moment (also after a
-/// cancellation, when no final event will say it): the usage ledger bills from it.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Completion tokens sampled.
-    pub generated: AtomicU64,
-    /// This request's share of model time, in ns: its prefill chunks in full, and of each
-    /// decode step the step time divided by the rows decoded together.
-    pub device_ns: AtomicU64,
-    /// Time spent queued, in ns (set at admission).
-    pub queued_ns: AtomicU64,
-    /// Index + 1 of the replica that admitted it; 0 until admitted.
-    replica: AtomicUsize,
-}
-
-impl Progress {
-    pub(crate) fn admitted(&self, replica: usize, waited: Duration) {
-        self.queued_ns
-            .store(waited.as_nanos() as u64, Ordering::Relaxed);
-        self.replica.store(replica + 1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn add_device_time(&self, ns: u64) {
-        self.device_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// The replica index, once admitted.
-    pub fn replica(&self) -> Option<usize> {
-        self.replica.load(Ordering::Relaxed).checked_sub(1)
-    }
-
-    pub fn generated(&self) -> u64 {
-        self.generated.load(Ordering::Relaxed)
-    }
-
-    pub fn device_seconds(&self) -> f64 {
-        self.device_ns.load(Ordering::Relaxed) as f64 / 1e9
-    }
-
-    pub fn queued(&self) -> Duration {
-        Duration::from_nanos(self.queued_ns.load(Ordering::Relaxed))
-    }
 }
 
 /// A request that passed validation: its prompt ids and output budget are known, so the

@@ -24,6 +24,20 @@ pub struct BatchKnobs {
     pub max_decode_steps_before_prefill: usize,
 }
 
+impl BatchKnobs {
+    /// The batching knobs of a generation replica of `mc`.
+    pub fn of(mc: &crate::config::ModelConfig) -> Self {
+        BatchKnobs {
+            max_batch_size: mc.max_batch_size,
+            max_batch_tokens: mc
+                .max_batch_tokens
+                .unwrap_or(mc.max_batch_size * mc.max_seq_len),
+            max_prefill_tokens: mc.max_prefill_tokens,
+            max_decode_steps_before_prefill: mc.max_decode_steps_before_prefill,
+        }
+    }
+}
+
 /// Why a request could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError<T> {

@@ -2,7 +2,7 @@
 //! they share. Synchronous on purpose: only the writer thread and the command-line tools call
 //! it, never async code (the `postgres` crate runs its own runtime and panics inside tokio's).
 
-use super::{LedgerConfig, LedgerError, UsageRecord};
+use super::{LedgerError, UsageRecord};
 use std::collections::HashMap;
 
 /// A record as stored: its place in a hash chain and the hashes that tie it to the row before.
@@ -46,19 +46,6 @@ pub trait Store: Send {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<HashMap<String, i64>, LedgerError>;
-}
-
-/// Opens the store `cfg.url` names and brings its schema up to date. Blocking; from async
-/// code call it inside `spawn_blocking` (required for PostgreSQL).
-pub fn open_store(cfg: &LedgerConfig) -> Result<Box<dyn Store>, LedgerError> {
-    if let Some(path) = cfg.url.strip_prefix("sqlite://") {
-        return Ok(Box::new(super::sqlite::SqliteStore::open(path)?));
-    }
-    if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {
-        let store = super::postgres::PgStore::open(&cfg.url, cfg.pg_schema.as_deref())?;
-        return Ok(Box::new(store));
-    }
-    Err(LedgerError::BadUrl(cfg.url.clone()))
 }
 
 /// Every column of `usage_records`, in the order rows are written and read.

@@ -12,7 +12,8 @@
 //! the writer stores everything and exits, and [`LedgerWriter::join`] waits for that.
 
 use super::chain::link;
-use super::store::{open_store, Store};
+use super::open_store;
+use super::store::Store;
 use super::{LedgerConfig, LedgerError, UsageRecord};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -7,8 +7,10 @@
 mod fetch;
 mod manifest;
 mod parts;
+mod pypi;
 
-pub use fetch::{default_cache_dir, fetch, resolve, FetchError};
+pub use fetch::{default_cache_dir, fetch, resolve};
 pub use manifest::{
     Architecture, FileSpec, Manifest, ModelKind, PypiPackage, Source, WeightFormat,
 };
+pub use pypi::FetchError;

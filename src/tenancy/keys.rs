@@ -1,12 +1,24 @@
 //! API keys: generated once, shown once, stored only as SHA-256 hashes. Keys are 192 random
 //! bits, so a plain (unsalted) hash is enough: nobody can guess one to look it up.
 
-use super::directory::KeyEntry;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 use subtle::ConstantTimeEq;
+
+/// One stored API key: only its hash, and a short prefix so an operator can tell keys apart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub tenant: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub created_unix: u64,
+}
 
 /// Every key starts with this, so leaked keys are easy to grep for.
 pub const KEY_PREFIX: &str = "tg-";
