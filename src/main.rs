@@ -328,30 +328,73 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ));
     }
     let mut stop = stop_rx.clone();
-    let server = tiergate::serve(listener, state.clone(), async move {
+    let server = tokio::spawn(tiergate::serve(listener, state.clone(), async move {
         let _ = stop.wait_for(|s| *s).await;
-    });
-    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
-    let mut stopped = stop_rx;
+    }));
+    let bounds = Bounds {
+        grace: Duration::from_secs(config.limits.shutdown_grace_secs),
+        flush: Duration::from_secs(config.limits.shutdown_flush_secs),
+    };
+    drain(state, server, stop_rx, ledger_writer, bounds).await?;
+    if load.is_finished() {
+        load.await??;
+    }
+    Ok(())
+}
+
+/// How long shutdown may take: `grace` for running requests, then `flush` for the records of
+/// those cut, the ledger and the replica threads. Exit comes within grace + flush.
+struct Bounds {
+    grace: Duration,
+    flush: Duration,
+}
+
+/// Serves until the stop signal, then shuts down within `bounds`: no new connections or
+/// requests, waiting requests answered 503 at once, running ones given the grace period and
+/// then cut (their records say `interrupted`), the ledger flushed, the replica threads joined.
+async fn drain(
+    state: Arc<AppState>,
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    ledger_writer: tiergate::ledger::LedgerWriter,
+    bounds: Bounds,
+) -> anyhow::Result<()> {
     tokio::select! {
-        result = server => result?,
-        _ = async { let _ = stopped.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("shutdown grace period over; dropping remaining requests");
+        ended = &mut server => ended??,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    state.engine.drain();
+    let grace_end = tokio::time::Instant::now() + bounds.grace;
+    let flush_end = grace_end + bounds.flush;
+    if tokio::time::timeout_at(grace_end, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; interrupting the running requests");
+        state.engine.interrupt();
+        // Each cut request is answered and recorded as its stream ends (one engine step).
+        if tokio::time::timeout_at(flush_end, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::error!("connections still open at the shutdown bound; closing them");
+            server.abort();
         }
     }
     // Flush the ledger: no new records, the writer stores what it has, then exits.
     state.ledger.close();
-    drop(state);
-    // Requests still running past the grace period hold ledger slots; do not wait forever.
-    let join = tokio::task::spawn_blocking(move || ledger_writer.join());
-    match tokio::time::timeout(grace, join).await {
+    let flushed = tokio::task::spawn_blocking(move || ledger_writer.join());
+    match tokio::time::timeout_at(flush_end, flushed).await {
         Ok(Ok(Ok(()))) => tracing::info!("ledger flushed"),
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "the ledger was not fully flushed"),
         Ok(Err(e)) => tracing::error!(error = %e, "the ledger writer panicked"),
-        Err(_) => tracing::error!("the ledger writer did not finish within the grace period"),
+        Err(_) => tracing::error!("the ledger writer did not finish within the shutdown bound"),
     }
-    if load.is_finished() {
-        load.await??;
+    // Replica threads exit once their queue is closed and their requests have ended.
+    let joined = tokio::task::spawn_blocking(move || state.engine.join());
+    match tokio::time::timeout_at(flush_end, joined).await {
+        Ok(_) => tracing::info!("replica threads joined"),
+        Err(_) => tracing::error!("replica threads still running at the shutdown bound"),
     }
     Ok(())
 }

@@ -114,6 +114,8 @@ async fn full_queue_answers_503_with_retry_after_at_once_and_cancelling_frees_th
     let (status, _, body) = queued.await.expect("task");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 2);
+    let c = counters(server).await;
+    assert_eq!(c["cancelled"], 1, "the running stream was cancelled: {c}");
 }
 
 #[tokio::test]

@@ -48,14 +48,39 @@ async fn complete(mut body: Value) -> String {
         .to_string()
 }
 
+/// Decode steps of the chat model that ran more than one sequence, from the batch-size
+/// histogram: all steps minus those of one sequence.
+async fn shared_steps() -> u64 {
+    let text = client()
+        .get(batching_server().metrics_url())
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let value = |prefix: &str, also: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(CHAT_MODEL) && l.contains(also))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    value("tiergate_batch_size_count{", "") - value("tiergate_batch_size_bucket{", "le=\"1\"")
+}
+
 #[tokio::test]
 async fn greedy_and_seeded_outputs_are_the_same_batched_or_alone() {
     let mut alone = Vec::new();
     for r in requests() {
         alone.push(complete(r).await);
     }
+    let shared_before = shared_steps().await;
     // All at once: they join the batch as they arrive and leave at different lengths.
     let batched = futures_util::future::join_all(requests().into_iter().map(complete)).await;
+    assert!(
+        shared_steps().await > shared_before,
+        "the requests sent together shared decode steps"
+    );
     for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
         assert_eq!(a, b, "request {i} differs batched vs alone");
     }

@@ -232,18 +232,6 @@ async fn models_lists_the_chat_and_embedding_models() {
     assert_eq!(one["id"], CHAT_MODEL);
 }
 
-#[tokio::test]
-async fn health_and_ready_answer_200_once_loaded() {
-    for path in ["/health", "/ready"] {
-        let resp = client()
-            .get(server().url(path))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), 200, "{path}");
-    }
-}
-
 /// The top-level fields OpenAI's spec marks nullable, per endpoint (OpenAI's spec has no
 /// `max_completion_tokens` for completions; it is ours as well).
 const CHAT_NULLS: &str = "stream stream_options stop temperature top_p max_tokens seed n user \

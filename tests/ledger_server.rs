@@ -5,8 +5,10 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tiergate::ledger::{build_report, open_store, verify, LedgerConfig, UsageRecord};
+use tiergate::tenancy::ManualClock;
 
 fn pg_ledger(tag: &str) -> LedgerConfig {
     let url = std::env::var("TIERGATE_TEST_PG_URL")
@@ -69,7 +71,8 @@ async fn records_land_in_postgresql_chained_and_the_report_adds_up() {
     config.models.retain(|m| m.name == CHAT_MODEL);
     config.ledger = ledger.clone();
     let key = create_key(&config, "t-three-rpm");
-    let server = spawn_server(config);
+    // Limit time stands still: the fourth request is over 3 per minute however slow we are.
+    let server = spawn_server_with_clock(config, Arc::new(ManualClock::default()));
     let mut told = 0;
     let mut statuses = Vec::new();
     for _ in 0..5 {

@@ -7,7 +7,7 @@ use super::generate::GenerateModel;
 use super::grammar::{GrammarLimits, Grammars};
 use super::policy::FairQueue;
 use super::queue::{ModelQueue, Pools, Supervised};
-use super::supervise::{supervise, LoadState};
+use super::supervise::{supervise, LoadSpec, LoadState};
 use super::InferError;
 use crate::backend::chat_template::ChatTemplate;
 use crate::backend::device::DeviceSpec;
@@ -59,23 +59,10 @@ pub struct Engine {
     models: BTreeMap<String, ModelHandle>,
     pub replicas: Vec<ReplicaInfo>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `drain`: `/ready` answers 503 `draining`.
+    draining: std::sync::atomic::AtomicBool,
     /// Scheduling weight of each request class (the tenancy layer's tiers, in class order).
     weights: Vec<f64>,
-}
-
-/// What a replica thread needs to load its model.
-pub(super) struct LoadSpec {
-    pub manifest: Manifest,
-    pub dir: PathBuf,
-    pub dtype: String,
-    pub max_slots: usize,
-    pub max_seq_len: usize,
-    pub device: DeviceSpec,
-    pub replica: String,
-    /// Index among the model's replicas.
-    pub index: usize,
-    /// The dedicated tier it serves; None: the shared pool.
-    pub pool: Option<String>,
 }
 
 impl Engine {
@@ -91,6 +78,7 @@ impl Engine {
             models: BTreeMap::new(),
             replicas: Vec::new(),
             threads: Mutex::new(Vec::new()),
+            draining: Default::default(),
             weights: if weights.is_empty() {
                 vec![1.0]
             } else {
@@ -177,12 +165,15 @@ impl Engine {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.replicas.iter().all(ReplicaInfo::is_ready)
+        self.status() == "ready"
     }
 
-    /// What `/ready` says: `ready` when every replica serves, `down` when one died or failed,
-    /// else `loading`.
+    /// What `/ready` says: `draining` once shutdown began, `ready` when every replica
+    /// serves, `down` when one died or failed, else `loading`.
     pub fn status(&self) -> &'static str {
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return "draining";
+        }
         let states: Vec<&str> = self.replicas.iter().map(ReplicaInfo::state).collect();
         if states.iter().all(|s| *s == "ready") {
             "ready"
@@ -213,9 +204,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Closes the queues and joins the replica threads (each finishes its running batch).
-    pub fn shutdown(mut self) {
-        self.models.clear();
+    /// Shutdown, first step: every queue refuses new requests and answers its waiting ones
+    /// 503 `shutting_down` at once; running requests go on. `/ready` says `draining`.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        for handle in self.models.values() {
+            match handle {
+                ModelHandle::Generate(m) => m.queues.close_and_refuse(),
+                ModelHandle::Embed(m) => m.queues.close_and_refuse(),
+            }
+        }
+    }
+
+    /// Shutdown, at the end of the grace period: replicas end their running requests at
+    /// their next step (an embedding batch, seconds at most, finishes).
+    pub fn interrupt(&self) {
+        self.drain();
+        for handle in self.models.values() {
+            match handle {
+                ModelHandle::Generate(m) => m.queues.interrupt(),
+                ModelHandle::Embed(m) => m.queues.interrupt(),
+            }
+        }
+    }
+
+    /// Joins the replica threads; call after `drain` (they exit once their queue is closed
+    /// and their running requests have ended). Blocks.
+    pub fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -232,7 +248,7 @@ impl Engine {
         let assets = TextAssets::load(&manifest, &dir)?;
         let tokenizer = Arc::new(assets.tokenizer);
         let context_length = manifest.context_length.min(mc.max_seq_len);
-        let knobs = mc.generate_knobs();
+        let knobs = super::BatchKnobs::of(mc);
         // Waiting requests are bounded by `max_queue` per pool: beyond it, 503 at once. One
         // class per tier, served by weight.
         let mut queues = Pools::default();

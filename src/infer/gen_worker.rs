@@ -4,64 +4,15 @@
 //! one decode step for every decoding sequence together. Sequences join between steps and
 //! leave (finished, stopped or cancelled) at once, freeing their slot and budget.
 
+pub(crate) use super::gen_job::WorkerContext;
+use super::gen_job::{GenEvent, GenJob};
 use super::gen_sequence::Sequence;
-use super::generate::{GenEvent, Progress};
-use super::grammar::Grammar;
 use super::logprobs::TokenLogprob;
-use super::policy::{BatchKnobs, SeqView, StepPlanner};
-use super::queue::{ModelQueue, Refusable};
-use super::sampling::SamplingParams;
+use super::policy::{SeqView, StepPlanner};
+use super::queue::ModelQueue;
 use super::InferError;
 use crate::backend::Generator;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
-
-/// A request as the worker receives it (validated and tokenized by `GenerateModel::submit`).
-pub(crate) struct GenJob {
-    pub prompt: Vec<u32>,
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
-    /// Choices; each takes a slot, all admitted together.
-    pub n: usize,
-    pub logprobs: Option<usize>,
-    pub prompt_logprobs: bool,
-    /// The output's compiled grammar (`response_format`, tools); each choice steps a copy.
-    pub grammar: Option<Grammar>,
-    pub enqueued: std::time::Instant,
-    pub queue_deadline: std::time::Instant,
-    pub events: mpsc::Sender<GenEvent>,
-    pub progress: Arc<Progress>,
-    /// Scheduling class (the tier's index), for slot shares.
-    pub class: usize,
-    /// Metrics label.
-    pub tier: String,
-    /// The request's span, so the replica thread's logs about it carry its request id.
-    pub span: tracing::Span,
-}
-
-impl GenJob {
-    /// KV budget one choice reserves while it runs.
-    pub fn choice_cost(&self) -> usize {
-        self.prompt.len() + self.max_tokens
-    }
-
-    /// KV budget the request reserves while it runs: every choice holds its own copy.
-    pub fn cost(&self) -> usize {
-        self.choice_cost() * self.n
-    }
-}
-
-pub(crate) struct WorkerContext {
-    pub name: String,
-    pub tokenizer: Arc<Tokenizer>,
-    pub eos_ids: Vec<u32>,
-    pub queue: Arc<ModelQueue<GenJob>>,
-    pub knobs: BatchKnobs,
-}
 
 /// Free slots and KV budget of one replica.
 struct Capacity {
@@ -101,12 +52,6 @@ impl ReplicaMetrics {
             slots_used: m.kv_slots_used.with_label_values(&labels),
             cancelled: m.cancelled_slots.with_label_values(&labels),
         }
-    }
-}
-
-impl Refusable for GenJob {
-    fn refuse(self, error: InferError) {
-        let _ = self.events.try_send(GenEvent::Failed(error));
     }
 }
 
@@ -154,39 +99,19 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
                 ctx.name
             );
         }
-        admit(ctx, &mut cap, live, replica);
-        if live.is_empty() {
-            // Work is queued but a slot is held for a class about to return (see `share`):
-            // check again shortly instead of spinning.
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        let views: Vec<SeqView> = live
-            .iter()
-            .map(|s| SeqView {
-                prefill_left: s.prompt.len() - s.prefilled,
-            })
-            .collect();
-        let plan = planner.plan(&views);
-        let decoders: Vec<usize> = if plan.decode {
-            (0..live.len())
-                .filter(|&i| views[i].prefill_left == 0)
-                .collect()
+        if ctx.queue.is_interrupted() {
+            // Shutdown's grace period is over: each request is told and billed for what it got.
+            live.iter_mut().for_each(Sequence::interrupt);
         } else {
-            Vec::new()
-        };
-        let mut choices = Vec::new();
-        for &(i, n) in &plan.prefill {
-            let took = prefill_chunk(model, ctx, &mut live[i], n, &mut choices);
-            metrics.busy.inc_by(took.as_secs_f64());
+            admit(ctx, &mut cap, live, replica);
+            if live.is_empty() {
+                // Work is queued but a slot is held for a class about to return (see `share`):
+                // check again shortly instead of spinning.
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            step(model, ctx, live, &mut planner, &metrics);
         }
-        if let Some((took, rows)) = decode_step(model, ctx, live, &decoders) {
-            metrics.busy.inc_by(took.as_secs_f64());
-            metrics.step.observe(took.as_secs_f64());
-            metrics.batch.observe(rows as f64);
-        }
-        // New choices decode from the next step on.
-        live.append(&mut choices);
         live.retain(|seq| {
             let keep = seq.live();
             if seq.cancelled || (!seq.done && seq.events.is_closed()) {
@@ -209,6 +134,43 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             .slots_used
             .set((slots - cap.free_slots.len()) as i64);
     }
+}
+
+/// One engine step: the planned prefill chunks and one decode of every sequence past its
+/// prompt. Choices a completed prompt starts join `live` after the step.
+fn step(
+    model: &mut dyn Generator,
+    ctx: &WorkerContext,
+    live: &mut Vec<Sequence>,
+    planner: &mut StepPlanner,
+    metrics: &ReplicaMetrics,
+) {
+    let views: Vec<SeqView> = live
+        .iter()
+        .map(|s| SeqView {
+            prefill_left: s.prompt.len() - s.prefilled,
+        })
+        .collect();
+    let plan = planner.plan(&views);
+    let decoders: Vec<usize> = if plan.decode {
+        (0..live.len())
+            .filter(|&i| views[i].prefill_left == 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut choices = Vec::new();
+    for &(i, n) in &plan.prefill {
+        let took = prefill_chunk(model, ctx, &mut live[i], n, &mut choices);
+        metrics.busy.inc_by(took.as_secs_f64());
+    }
+    if let Some((took, rows)) = decode_step(model, ctx, live, &decoders) {
+        metrics.busy.inc_by(took.as_secs_f64());
+        metrics.step.observe(took.as_secs_f64());
+        metrics.batch.observe(rows as f64);
+    }
+    // New choices decode from the next step on.
+    live.append(&mut choices);
 }
 
 /// Takes waiting requests into free slots while the fair pick fits the free KV budget.

@@ -2,11 +2,14 @@
 //! model's behaviour is tested over HTTP in `tests/`.
 use super::*;
 use crate::backend::GeneratorSpec;
-use crate::infer::policy::FairQueue;
-use crate::infer::FinishReason;
+use crate::infer::policy::{BatchKnobs, FairQueue};
+use crate::infer::{FinishReason, SamplingParams};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
 
 const VOCAB: usize = 16;
 const EOS: u32 = 15;
@@ -23,6 +26,38 @@ struct Calls {
 struct Counting {
     spec: GeneratorSpec,
     calls: Arc<Mutex<Calls>>,
+    pause: Option<Arc<Pause>>,
+}
+
+/// Holds the fake model inside its decode step number `at` until released, so a test can
+/// act while a request is known to be running.
+#[derive(Default)]
+struct Pause {
+    at: usize,
+    state: Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Pause {
+    fn new(at: usize) -> Arc<Self> {
+        Arc::new(Pause {
+            at,
+            ..Default::default()
+        })
+    }
+
+    /// (reached, released): the model waits for `released`, the test for `reached`.
+    fn wait_for(&self, pick: impl Fn(&(bool, bool)) -> bool) {
+        let mut state = self.state.lock().unwrap();
+        while !pick(&state) {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+
+    fn set(&self, update: impl FnOnce(&mut (bool, bool))) {
+        update(&mut self.state.lock().unwrap());
+        self.changed.notify_all();
+    }
 }
 
 fn logits_for(next: u32) -> Vec<f32> {
@@ -43,9 +78,16 @@ impl Generator for Counting {
         Ok(logits_for((last + 1) % VOCAB as u32))
     }
     fn decode(&mut self, batch: &[(usize, u32)]) -> crate::backend::Result<Vec<Vec<f32>>> {
-        let mut calls = self.calls.lock().unwrap();
-        calls.batch_sizes.push(batch.len());
-        calls.order.push('d');
+        let step = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.batch_sizes.push(batch.len());
+            calls.order.push('d');
+            calls.batch_sizes.len()
+        };
+        if let Some(pause) = self.pause.as_ref().filter(|p| p.at == step) {
+            pause.set(|s| s.0 = true);
+            pause.wait_for(|s| s.1);
+        }
         Ok(batch
             .iter()
             .map(|&(_, t)| logits_for((t + 1) % VOCAB as u32))
@@ -105,6 +147,23 @@ fn knobs(slots: usize) -> BatchKnobs {
 
 /// Runs the worker over the jobs already queued, until the queue closes and all finish.
 fn run_with(jobs: Vec<GenJob>, knobs: BatchKnobs) -> Calls {
+    // Close once everything queued has been taken, so `run` returns when idle.
+    run_until(jobs, knobs, None, |queue| {
+        while !queue.lock().is_empty() {
+            std::thread::yield_now();
+        }
+        queue.close();
+    })
+}
+
+/// Runs the worker over the jobs queued while `stop`, on a thread of its own, decides when
+/// the queue closes; returns when the worker does.
+fn run_until(
+    jobs: Vec<GenJob>,
+    knobs: BatchKnobs,
+    pause: Option<Arc<Pause>>,
+    stop: impl FnOnce(Arc<ModelQueue<GenJob>>) + Send + 'static,
+) -> Calls {
     let queue = Arc::new(ModelQueue::new(FairQueue::new(
         &[1.0],
         16,
@@ -122,6 +181,7 @@ fn run_with(jobs: Vec<GenJob>, knobs: BatchKnobs) -> Calls {
             max_slots: 8,
         },
         calls: calls.clone(),
+        pause,
     };
     let ctx = WorkerContext {
         name: "fake".into(),
@@ -130,13 +190,7 @@ fn run_with(jobs: Vec<GenJob>, knobs: BatchKnobs) -> Calls {
         queue: queue.clone(),
         knobs,
     };
-    // Close once everything queued has been taken, so `run` returns when idle.
-    let closer = std::thread::spawn(move || {
-        while !queue.lock().is_empty() {
-            std::thread::yield_now();
-        }
-        queue.close();
-    });
+    let closer = std::thread::spawn(move || stop(queue));
     run(&mut model, &ctx, 0);
     closer.join().unwrap();
     let calls = calls.lock().unwrap().clone();
@@ -223,6 +277,39 @@ fn a_request_cancelled_while_queued_never_reaches_the_model() {
     let (_, prefills) = run_jobs(vec![a, b], 1);
     assert_eq!(prefills, 1);
     assert!(finish_of(&drain(&mut rb)).is_some());
+}
+
+#[test]
+fn interrupt_ends_the_running_request_at_a_step_and_refuses_the_waiting_one() {
+    let (mut a, mut ra) = job(vec![1], 900);
+    a.ignore_eos = true;
+    let (b, mut rb) = job(vec![2], 5);
+    // Shutdown as the engine runs it, while the model is inside its third decode step.
+    let pause = Pause::new(3);
+    let held = pause.clone();
+    run_until(vec![a, b], knobs(1), Some(pause), move |queue| {
+        held.wait_for(|s| s.0);
+        queue.close_and_refuse();
+        queue.interrupt();
+        held.set(|s| s.1 = true);
+    });
+    let events = drain(&mut ra);
+    assert!(finish_of(&events).is_none(), "cut, not finished");
+    assert!(matches!(
+        events.last(),
+        Some(GenEvent::Failed(InferError::Interrupted))
+    ));
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, GenEvent::Delta { .. }))
+        .count();
+    // The prefill's token and the three decode steps' tokens, then the cut.
+    assert_eq!(deltas, 4, "tokens before the cut");
+    let waiting = drain(&mut rb);
+    assert!(matches!(
+        waiting.as_slice(),
+        [GenEvent::Failed(InferError::ShuttingDown)]
+    ));
 }
 
 #[test]

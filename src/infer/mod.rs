@@ -8,6 +8,7 @@ mod backlog;
 mod embed;
 mod engine;
 mod gen_checks;
+mod gen_job;
 mod gen_sequence;
 mod gen_worker;
 mod generate;
@@ -69,6 +70,9 @@ pub enum InferError {
     NotReady(String),
     #[error("The server is shutting down")]
     ShuttingDown,
+    /// Cut at the end of the shutdown grace period while it ran.
+    #[error("The server shut down before the request finished")]
+    Interrupted,
     /// A model failure; the detail is logged, clients see a generic message.
     #[error("model failure: {0}")]
     Backend(String),
@@ -79,6 +83,23 @@ pub enum InferError {
 }
 
 impl InferError {
+    /// The machine-readable code of the error, as the API's `code` field and the ledger's
+    /// `reason` say it (one table for both).
+    pub fn code(&self) -> &'static str {
+        match self {
+            InferError::UnknownModel(_) | InferError::NoReplicas { .. } => "model_not_found",
+            InferError::WrongKind { .. } => "model_not_supported",
+            InferError::ContextLength { .. } => "context_length_exceeded",
+            InferError::Invalid { .. } => "invalid_request",
+            InferError::Overloaded { .. } => "overloaded",
+            InferError::QueueTimeout { .. } => "queue_timeout",
+            InferError::RequestTimeout(_) => "request_timeout",
+            InferError::NotReady(_) => "model_not_ready",
+            InferError::ShuttingDown | InferError::Interrupted => "shutting_down",
+            InferError::Backend(_) => "model_error",
+        }
+    }
+
     pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
         InferError::Invalid {
             message: message.into(),

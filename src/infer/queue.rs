@@ -15,6 +15,8 @@ pub(crate) struct ModelQueue<T> {
     state: Mutex<FairQueue<T>>,
     wake: Condvar,
     closed: AtomicBool,
+    /// Shutdown's grace period is over: replicas end their running requests now.
+    interrupted: AtomicBool,
     /// Replicas of this pool that have loaded and serve now.
     serving: AtomicUsize,
     /// Test hook: the next replica to look panics (`Engine::inject_fault`).
@@ -71,6 +73,7 @@ impl<T> ModelQueue<T> {
             state: Mutex::new(queue),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             serving: AtomicUsize::new(0),
             fault: AtomicBool::new(false),
             service: ServiceTime::default(),
@@ -104,13 +107,17 @@ impl<T> ModelQueue<T> {
     }
 
     pub fn push(&self, class: usize, cost: usize, item: T) -> Result<(), Refused<T>> {
+        let mut state = self.lock();
+        // Checked under the lock: `close_and_refuse` empties the queue under it, so nothing
+        // pushed after it can be left waiting for a replica that is gone.
         if self.closed.load(Ordering::Acquire) {
             return Err(Refused::Closed(item));
         }
-        self.lock().push(class, cost, item).map_err(|e| match e {
+        state.push(class, cost, item).map_err(|e| match e {
             PushError::Full(item) => Refused::Full(item),
             PushError::TooLarge(item) => Refused::TooLarge(item),
         })?;
+        drop(state);
         self.wake.notify_one();
         Ok(())
     }
@@ -161,6 +168,38 @@ impl<T> ModelQueue<T> {
         let _guard = self.lock();
         self.wake.notify_all();
     }
+
+    /// Shutdown, at the end of its grace period: replicas end their running requests
+    /// (`InferError::Interrupted`) at their next step instead of finishing them.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.close();
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    fn is_closed_for_tests(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<T: Refusable> ModelQueue<T> {
+    /// Shutdown, first step: no new requests, and every waiting one is answered 503
+    /// `shutting_down` at once (running ones go on until the grace period ends).
+    pub fn close_and_refuse(&self) {
+        let waiting = {
+            let mut state = self.lock();
+            self.closed.store(true, Ordering::Release);
+            state.drain()
+        };
+        self.wake.notify_all();
+        for job in waiting {
+            job.refuse(InferError::ShuttingDown);
+        }
+    }
 }
 
 /// The queues of one model: the shared pool (`None`) and one per tier with dedicated
@@ -173,6 +212,12 @@ pub(crate) struct Pools<T> {
 impl<T> Default for Pools<T> {
     fn default() -> Self {
         Pools { pools: Vec::new() }
+    }
+}
+
+impl<T: Refusable> Pools<T> {
+    pub fn close_and_refuse(&self) {
+        self.all().for_each(|q| q.close_and_refuse());
     }
 }
 
@@ -205,6 +250,10 @@ impl<T> Pools<T> {
 
     pub fn close(&self) {
         self.all().for_each(|q| q.close());
+    }
+
+    pub fn interrupt(&self) {
+        self.all().for_each(|q| q.interrupt());
     }
 
     /// Waiting requests over all pools.
@@ -283,5 +332,37 @@ mod tests {
         assert!(waiter.join().expect("thread"));
         q.close();
         assert!(matches!(q.push(0, 1, 8), Err(Refused::Closed(8))));
+    }
+
+    /// A job that records the error it was refused with.
+    struct Job(std::sync::mpsc::Sender<String>);
+
+    impl Refusable for Job {
+        fn refuse(self, error: InferError) {
+            let _ = self.0.send(error.code().to_string());
+        }
+    }
+
+    #[test]
+    fn close_and_refuse_answers_every_waiting_request_and_refuses_new_ones() {
+        let q = ModelQueue::new(FairQueue::new(&[1.0], 8, 10));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            assert!(q.push(0, 1, Job(tx.clone())).is_ok());
+        }
+        q.close_and_refuse();
+        let answers: Vec<String> = rx.try_iter().collect();
+        assert_eq!(answers, ["shutting_down"; 3]);
+        assert!(q.lock().is_empty());
+        assert!(matches!(q.push(0, 1, Job(tx)), Err(Refused::Closed(_))));
+        assert!(!q.wait_for_work(), "an idle replica exits");
+    }
+
+    #[test]
+    fn interrupt_closes_the_queue_and_tells_the_replicas() {
+        let q = ModelQueue::<u32>::new(FairQueue::new(&[1.0], 8, 10));
+        assert!(!q.is_interrupted());
+        q.interrupt();
+        assert!(q.is_interrupted() && q.is_closed_for_tests());
     }
 }

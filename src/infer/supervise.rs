@@ -2,11 +2,28 @@
 //! loading (a panic outside a guarded model call), mark it down, answer its waiting requests,
 //! and load it again with backoff. `Engine::spawn` starts it.
 
-use super::engine::LoadSpec;
 use super::queue::Supervised;
+use crate::backend::device::DeviceSpec;
 use crate::backend::BackendError;
+use crate::models::Manifest;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// What a replica thread needs to load its model.
+pub(crate) struct LoadSpec {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    pub dtype: String,
+    pub max_slots: usize,
+    pub max_seq_len: usize,
+    pub device: DeviceSpec,
+    pub replica: String,
+    /// Index among the model's replicas.
+    pub index: usize,
+    /// The dedicated tier it serves; None: the shared pool.
+    pub pool: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum LoadState {
@@ -69,12 +86,25 @@ pub(super) fn supervise(
                 state.send_replace(LoadState::Down(e.to_string()));
             }
         }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        if queue.is_closed() {
+        if !wait_unless_closed(queue, backoff) {
             return;
         }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Sleeps `backoff` in short naps so that a shutdown is not held up by a 30 s backoff;
+/// false once the queue is closed.
+fn wait_unless_closed(queue: &dyn Supervised, backoff: Duration) -> bool {
+    let nap = Duration::from_millis(100);
+    let until = std::time::Instant::now() + backoff;
+    while std::time::Instant::now() < until {
+        if queue.is_closed() {
+            return false;
+        }
+        std::thread::sleep(nap);
+    }
+    !queue.is_closed()
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

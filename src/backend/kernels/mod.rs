@@ -12,4 +12,6 @@ pub mod q4_0;
 pub mod q8_0;
 
 pub use int8::{QuantizedRows, TILE_ROWS};
+#[cfg(test)]
+pub(crate) use isa::note_tested;
 pub use isa::Isa;

@@ -160,6 +160,9 @@ pub(super) fn load(tiny: &TinyGguf, int8: Option<Isa>) -> LlamaModel {
         max_seq_len: 64,
         cpu_weight_format: None,
     };
+    if let Some(isa) = int8 {
+        crate::backend::kernels::note_tested(&[isa]);
+    }
     load_gguf_with_kernel(&tiny.0, &Device::Cpu, &opts, int8).expect("load tiny model")
 }
 

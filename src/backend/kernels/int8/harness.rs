@@ -83,8 +83,14 @@ fn run<F: Format>(p: &Packed<F>, x: &[f32], rows: usize) -> Vec<f32> {
     out
 }
 
+/// The instruction sets this CPU has, noted as exercised by the calling test.
 fn available() -> impl Iterator<Item = Isa> {
-    Isa::ALL.into_iter().filter(|isa| isa.is_available())
+    let isas: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|isa| isa.is_available())
+        .collect();
+    crate::backend::kernels::note_tested(&isas);
+    isas.into_iter()
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
