@@ -4,6 +4,7 @@
 //! one decode step for every decoding sequence together. Sequences join between steps and
 //! leave (finished, stopped or cancelled) at once, freeing their slot and budget.
 
+use super::gen_prefix;
 use super::gen_sequence::Sequence;
 use super::generate::{GenEvent, Progress};
 use super::grammar::Grammar;
@@ -39,6 +40,8 @@ pub(crate) struct GenJob {
     pub class: usize,
     /// Metrics label.
     pub tier: String,
+    /// Prefix-cache scope (see `GenRequest::prefix_scope`); None: not cached.
+    pub prefix_scope: Option<Arc<str>>,
     /// The request's span, so the replica thread's logs about it carry its request id.
     pub span: tracing::Span,
 }
@@ -144,6 +147,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
     let live = &mut guard.seqs;
     let mut planner = StepPlanner::new(ctx.knobs);
     let metrics = ReplicaMetrics::new(&ctx.name, replica, slots);
+    let mut prefix_metrics = gen_prefix::PrefixMetrics::new(&ctx.name, replica);
     loop {
         if live.is_empty() && !ctx.queue.wait_for_work() {
             return;
@@ -154,7 +158,12 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
                 ctx.name
             );
         }
+        let known = live.len();
         admit(ctx, &mut cap, live, replica);
+        // Outside the queue's lock: copying a long cached prefix takes milliseconds.
+        for seq in &mut live[known..] {
+            gen_prefix::reuse(model, seq, &prefix_metrics);
+        }
         if live.is_empty() {
             // Work is queued but a slot is held for a class about to return (see `share`):
             // check again shortly instead of spinning.
@@ -193,6 +202,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
                 metrics.cancelled.inc();
             }
             if !keep {
+                gen_prefix::keep(model, seq);
                 // Its own slot and any still held for choices it never started.
                 for &slot in std::iter::once(&seq.slot).chain(&seq.reserved) {
                     ctx.queue.record_service(seq.held());
@@ -204,6 +214,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             }
             keep
         });
+        prefix_metrics.update(model);
         metrics.running.set(live.len() as i64);
         metrics
             .slots_used

@@ -66,6 +66,9 @@ pub struct GenRequest {
     pub pool: Option<String>,
     /// The tier, as the metrics' `tier` label (a configured name, never a tenant id).
     pub tier: String,
+    /// The prefix-cache scope (`tenant:<id>`, `tier:<name>`, `global`), set by the server
+    /// from the tenant's tier, never from the request; None: the cache is not used.
+    pub prefix_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +128,8 @@ pub struct Progress {
     pub queued_ns: AtomicU64,
     /// Index + 1 of the replica that admitted it; 0 until admitted.
     replica: AtomicUsize,
+    /// Prompt tokens whose KV came from the prefix cache (set at admission).
+    cached: AtomicU64,
 }
 
 impl Progress {
@@ -132,6 +137,15 @@ impl Progress {
         self.queued_ns
             .store(waited.as_nanos() as u64, Ordering::Relaxed);
         self.replica.store(replica + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cached(&self, tokens: usize) {
+        self.cached.store(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// Prompt tokens served from the prefix cache (`cached_tokens` in usage).
+    pub fn cached(&self) -> u64 {
+        self.cached.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add_device_time(&self, ns: u64) {
@@ -384,6 +398,7 @@ impl GenerateModel {
             progress: progress.clone(),
             class: req.class,
             tier: req.tier.clone(),
+            prefix_scope: req.prefix_scope.as_deref().map(Arc::from),
             span: tracing::Span::current(),
         };
         let prompt_tokens = job.prompt.len();

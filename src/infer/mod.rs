@@ -8,6 +8,7 @@ mod backlog;
 mod embed;
 mod engine;
 mod gen_checks;
+mod gen_prefix;
 mod gen_sequence;
 mod gen_worker;
 mod generate;

@@ -63,6 +63,7 @@ mod tests {
             monthly_budget_hkd: None,
             models: Vec::new(),
             dedicated: false,
+            prefix_cache: Default::default(),
         }
     }
 
