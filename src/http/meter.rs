@@ -7,7 +7,7 @@ use super::auth::Caller;
 use super::AppState;
 use crate::error::ApiError;
 use crate::infer::{InferError, Progress};
-use crate::ledger::{cost_split, Outcome, Price, RecordSlot, UsageRecord};
+use crate::ledger::{cost_split, cost_split_cached, Outcome, Price, RecordSlot, UsageRecord};
 use crate::tenancy::{self, Admission, Ask, LimitKind, RateStatus, Tenant, Usage};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use std::sync::atomic::Ordering;
@@ -214,9 +214,11 @@ impl Meter {
         } else {
             (0, 0)
         };
-        let split = cost_split(
+        // Prefix cache (issue 17): cached prompt tokens are billed at the cached price.
+        let cached = progress.map_or(0, |p| p.cached()).min(prompt);
+        let split = cost_split_cached(
             &self.price,
-            prompt,
+            (prompt, cached),
             completion,
             device_seconds,
             self.tenant.terms.subsidy_rate,
@@ -241,6 +243,7 @@ impl Meter {
                 .unwrap_or_default(),
             prompt_tokens: prompt,
             completion_tokens: completion,
+            cached_tokens: cached,
             queue_ms,
             compute_ms: (self.started.elapsed().as_secs_f64() * 1e3 - queue_ms).max(0.0),
             device_seconds,

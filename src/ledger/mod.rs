@@ -27,7 +27,7 @@ mod tests;
 pub use chain::{row_hash, verify, Break, BreakKind, ChainReport, VerifyReport, GENESIS};
 pub use config::LedgerConfig;
 pub use month::{civil_from_days, month_range, month_range_of};
-pub use price::{cost_split, CostSplit, Price};
+pub use price::{cost_split, cost_split_cached, CostSplit, Price};
 pub use record::{Outcome, UsageRecord};
 pub use report::{build_report, hkd, Report, ReportFormat, ReportRow};
 pub use store::{open_store, ChainedRecord, Store};
