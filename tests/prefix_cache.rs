@@ -10,6 +10,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use tiergate::ledger::{open_store, UsageRecord};
 
 const TIERS: &str = r#"
 [tiers.per-tenant]
@@ -34,12 +35,14 @@ prefix_cache = "off"
 
 [prices.smollm2-135m-instruct]
 input_per_1k_hkd = 0.004
+cached_input_per_1k_hkd = 0.001
 output_per_1k_hkd = 0.016
 "#;
 
 /// Tenant id and tier.
-const TENANTS: [(&str, &str); 5] = [
+const TENANTS: [(&str, &str); 6] = [
     ("alice", "per-tenant"),
+    ("erin", "per-tenant"),
     ("bob", "per-tenant"),
     ("carol", "shared"),
     ("dave", "shared"),
@@ -49,6 +52,7 @@ const TENANTS: [(&str, &str); 5] = [
 struct Fixture {
     server: Server,
     keys: HashMap<&'static str, String>,
+    ledger: tiergate::ledger::LedgerConfig,
 }
 
 /// A gateway serving only the chat model, one replica, with the test tiers above and a
@@ -59,6 +63,9 @@ fn gateway(budget: usize) -> Fixture {
     let model = &mut config.models[0];
     model.replicas.truncate(1);
     model.prefix_cache_bytes = budget;
+    // Requests of the concurrent tests queue behind each other on one replica; a busy
+    // machine must not turn that wait into 503s.
+    config.limits.queue_timeout_secs = 600;
     let tiers = temp_path("tiers.toml");
     std::fs::write(&tiers, TIERS).expect("tiers file");
     let tenants: String = TENANTS
@@ -78,6 +85,7 @@ fn gateway(budget: usize) -> Fixture {
         .map(|(id, _)| (*id, create_key(&config, id)))
         .collect();
     Fixture {
+        ledger: config.ledger.clone(),
         server: spawn_server(config),
         keys,
     }
@@ -146,6 +154,14 @@ fn cached(body: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no cached_tokens: {body}"))
 }
 
+/// Whether all of the system prompt but a block or two came from the cache: the question
+/// and the template's tail (~20 tokens) differ, and reuse is in 16-token blocks.
+fn mostly_cached(body: &Value) -> bool {
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let hit = cached(body);
+    hit % 16 == 0 && hit < prompt && hit + 48 >= prompt
+}
+
 fn text(body: &Value) -> &str {
     body["choices"][0]["message"]["content"]
         .as_str()
@@ -170,12 +186,7 @@ async fn a_repeated_system_prompt_is_served_from_the_cache() {
         &chat("repeat", "Are you open?"),
     )
     .await;
-    let (hit, prompt) = (
-        cached(&second),
-        second["usage"]["prompt_tokens"].as_u64().unwrap(),
-    );
-    assert!(hit >= 256, "most of the system prompt is reused: {second}");
-    assert!(hit < prompt && hit % 16 == 0, "{second}");
+    assert!(mostly_cached(&second), "{second}");
 }
 
 #[tokio::test]
@@ -195,7 +206,7 @@ async fn tenants_of_a_tier_scoped_tier_share_the_cache() {
     let body = chat("tier-scope", "Hello?");
     post_as(f, "carol", "/v1/chat/completions", &body).await;
     let other = post_as(f, "dave", "/v1/chat/completions", &body).await;
-    assert!(cached(&other) >= 256, "{other}");
+    assert!(mostly_cached(&other), "{other}");
     // A tier-scoped tier's blocks are not another tier's.
     let outsider = post_as(f, "alice", "/v1/chat/completions", &body).await;
     assert_eq!(cached(&outsider), 0, "{outsider}");
@@ -213,11 +224,7 @@ async fn a_tier_with_the_cache_off_never_reports_cached_tokens() {
 
 /// Greedy and seeded sampling, each request alone and then all at once (batched).
 async fn outputs_on_and_off(f: &Fixture, tag: &str) {
-    let questions = [
-        "Do you sell maps?",
-        "Can I pay by card?",
-        "Where is poetry?",
-    ];
+    let questions = ["Do you sell maps?", "Can I pay by card?"];
     let bodies: Vec<Value> = questions
         .iter()
         .flat_map(|q| {
@@ -262,7 +269,7 @@ async fn outputs_are_identical_with_the_cache_on_and_off() {
 #[tokio::test]
 async fn a_tiny_budget_evicts_and_keeps_answering_as_without_a_cache() {
     let f = tiny_fixture();
-    for tag in ["tiny-a", "tiny-b", "tiny-c"] {
+    for tag in ["tiny-a", "tiny-b"] {
         outputs_on_and_off(f, tag).await;
     }
     let metrics = client()
@@ -301,7 +308,7 @@ async fn the_final_usage_chunk_of_a_stream_carries_cached_tokens() {
         .and_then(|c| c.last())
         .cloned()
         .unwrap_or_default();
-    assert!(cached(&last) >= 256, "{last}");
+    assert!(mostly_cached(&last), "{last}");
 }
 
 #[tokio::test]
@@ -323,7 +330,7 @@ async fn the_responses_api_reports_cached_input_tokens() {
     });
     let reply = post_as(f, "alice", "/v1/responses", &body).await;
     let hit = reply["usage"]["input_tokens_details"]["cached_tokens"].as_u64();
-    assert!(hit.is_some_and(|n| n >= 256), "{reply}");
+    assert!(hit.is_some_and(|n| n >= 192), "{reply}");
 }
 
 #[tokio::test]
@@ -357,9 +364,52 @@ async fn metrics_count_looked_up_and_cached_prompt_tokens_per_tier() {
         value("tiergate_prefix_cache_queries_total"),
         value("tiergate_prefix_cache_hits_total"),
     );
-    assert!(hits >= 256.0 && queries > hits, "{queries} {hits}");
+    assert!(hits >= 192.0 && queries > hits, "{queries} {hits}");
     assert!(
         metrics.contains("tiergate_prefix_cache_bytes{"),
         "{metrics}"
+    );
+}
+
+/// The ledger's records of `tenant`, once the writer has stored `count` of them.
+async fn records_of(f: &Fixture, tenant: &str, count: usize) -> Vec<UsageRecord> {
+    for _ in 0..400 {
+        let mut store = open_store(&f.ledger).expect("ledger");
+        let records = store
+            .records_between(0, i64::MAX, Some(tenant))
+            .expect("records");
+        if records.len() >= count {
+            return records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the ledger never held {count} records of {tenant}");
+}
+
+#[tokio::test]
+async fn the_ledger_records_cached_tokens_and_bills_them_at_the_cached_price() {
+    let f = fixture();
+    post_as(f, "erin", "/v1/chat/completions", &chat("ledger", "Hello?")).await;
+    let second = post_as(f, "erin", "/v1/chat/completions", &chat("ledger", "Bye?")).await;
+    let records = records_of(f, "erin", 2).await;
+    let last = records
+        .iter()
+        .find(|r| r.cached_tokens > 0)
+        .expect("a cached record");
+    assert_eq!(last.cached_tokens, cached(&second));
+    assert_eq!(
+        last.prompt_tokens,
+        second["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    // µHKD per token: 4 per prompt token, 1 per cached one, 16 per completion token.
+    let (p, c, o) = (
+        last.prompt_tokens,
+        last.cached_tokens,
+        last.completion_tokens,
+    );
+    assert_eq!(
+        last.list_micro_hkd as u64,
+        4 * (p - c) + c + 16 * o,
+        "{last:?}"
     );
 }
