@@ -159,7 +159,7 @@ fn cached(body: &Value) -> u64 {
 fn mostly_cached(body: &Value) -> bool {
     let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     let hit = cached(body);
-    hit % 16 == 0 && hit < prompt && hit + 48 >= prompt
+    hit.is_multiple_of(16) && hit < prompt && hit + 48 >= prompt
 }
 
 fn text(body: &Value) -> &str {
