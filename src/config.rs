@@ -220,6 +220,11 @@ pub struct ModelConfig {
     /// Longest wait in this model's queue (default `limits.queue_timeout_secs`).
     #[serde(default)]
     pub queue_timeout_secs: Option<u64>,
+    /// Byte budget of each replica's prefix cache: KV of ended sequences' token blocks,
+    /// reused by later prompts that start the same way (0: off). Which requests may share
+    /// blocks is the tier's `prefix_cache` scope, not a model setting.
+    #[serde(default = "default_prefix_cache_bytes")]
+    pub prefix_cache_bytes: usize,
     #[serde(default = "default_replicas")]
     pub replicas: Vec<ReplicaConfig>,
 }
@@ -256,6 +261,14 @@ fn default_prefill() -> usize {
 }
 fn default_decode_steps() -> usize {
     2
+}
+/// 512 MiB per replica. KV costs ~46 KB a position for SmolLM2-135M (30 layers x 2 x 3 KV
+/// heads x 64 x 4 B) and ~25 KB for Qwen2.5-0.5B, so this keeps ~11,000 / ~21,000 positions:
+/// a handful of 2,000-token system prompts and the recent turns of their conversations,
+/// which is where the reuse is. It is a third of what 8 slots at 4,096 positions may hold for
+/// SmolLM2, so the cache never dominates a replica's memory.
+fn default_prefix_cache_bytes() -> usize {
+    512 * 1024 * 1024
 }
 fn default_replicas() -> Vec<ReplicaConfig> {
     vec![
@@ -303,6 +316,7 @@ impl ModelConfig {
             max_seq_len: default_seq_len(),
             max_batch_tokens: None,
             max_prefill_tokens: default_prefill(),
+            prefix_cache_bytes: default_prefix_cache_bytes(),
             max_decode_steps_before_prefill: default_decode_steps(),
             fair_share_grace_ms: default_grace(),
             max_queue: default_queue(),

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub replica_ready: IntGaugeVec,
     /// tier: tokens admitted by the fair queue, summed over models (the share each tier got).
     pub admitted_tokens: IntGaugeVec,
+    /// model, tier: prompt tokens looked up in the prefix cache, and those found there
+    /// (vLLM's `prefix_cache_queries` / `prefix_cache_hits`; hit rate = ratio of rates).
+    pub prefix_queries: IntCounterVec,
+    pub prefix_hits: IntCounterVec,
+    /// model, replica: KV bytes the prefix cache holds, and blocks it evicted.
+    pub prefix_bytes: IntGaugeVec,
+    pub prefix_evictions: IntCounterVec,
     /// listener (`api`, `metrics`).
     pub connections_open: IntGaugeVec,
     /// listener, reason (`refused`, `header_timeout`, `idle_timeout`).
@@ -215,6 +222,26 @@ impl Metrics {
                 "Tokens (prompt + max_tokens) the fair queue admitted per tier since start.",
                 &["tier"],
             ),
+            prefix_queries: counter(
+                "tiergate_prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache (requests whose tier caches).",
+                MT,
+            ),
+            prefix_hits: counter(
+                "tiergate_prefix_cache_hits_total",
+                "Prompt tokens whose KV came from the prefix cache instead of a prefill.",
+                MT,
+            ),
+            prefix_bytes: gauge(
+                "tiergate_prefix_cache_bytes",
+                "KV bytes held by the replica's prefix cache.",
+                MR,
+            ),
+            prefix_evictions: counter(
+                "tiergate_prefix_cache_evictions_total",
+                "Blocks the replica's prefix cache evicted to stay within its budget.",
+                MR,
+            ),
             connections_open: gauge(
                 "tiergate_connections_open",
                 "Client connections open now, per listener.",
@@ -256,6 +283,10 @@ impl Metrics {
             Box::new(self.waiting.clone()),
             Box::new(self.replica_ready.clone()),
             Box::new(self.admitted_tokens.clone()),
+            Box::new(self.prefix_queries.clone()),
+            Box::new(self.prefix_hits.clone()),
+            Box::new(self.prefix_bytes.clone()),
+            Box::new(self.prefix_evictions.clone()),
             Box::new(self.connections_open.clone()),
             Box::new(self.connections_dropped.clone()),
         ];

@@ -335,13 +335,13 @@ async fn chat_answers_carry_refusal_null_whole_and_in_the_first_delta() {
 }
 
 #[tokio::test]
-async fn usage_carries_zero_cached_and_reasoning_token_details() {
+async fn usage_carries_cached_and_reasoning_token_details() {
     let details = |usage: &Value| {
-        assert_eq!(
-            usage["prompt_tokens_details"],
-            json!({"cached_tokens": 0}),
-            "{usage}"
-        );
+        // Prompt tokens served from the prefix cache: whole 16-token blocks, never the
+        // whole prompt (these prompts repeat, so some may be).
+        let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+        let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0);
+        assert!(cached.is_some_and(|c| c % 16 == 0 && c < prompt), "{usage}");
         assert_eq!(
             usage["completion_tokens_details"],
             json!({"reasoning_tokens": 0}),

@@ -15,7 +15,7 @@ pub(crate) use observe::unmetered;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::infer::{InferError, Progress};
-use crate::ledger::{cost_split, Price, RecordSlot, UsageRecord};
+use crate::ledger::{cost_split, cost_split_cached, Price, RecordSlot, UsageRecord};
 use crate::outcome::Outcome;
 use crate::tenancy::{self, Admission, Ask, Directory, LimitKind, RateStatus, Tenant, Usage};
 use axum::http::StatusCode;
@@ -198,9 +198,11 @@ impl Meter {
         } else {
             (0, 0)
         };
-        let split = cost_split(
+        // Prefix cache (issue 17): cached prompt tokens are billed at the cached price.
+        let cached = progress.map_or(0, |p| p.cached()).min(prompt);
+        let split = cost_split_cached(
             &self.price,
-            prompt,
+            (prompt, cached),
             completion,
             device_seconds,
             self.tenant.terms.subsidy_rate,
@@ -225,6 +227,7 @@ impl Meter {
                 .unwrap_or_default(),
             prompt_tokens: prompt,
             completion_tokens: completion,
+            cached_tokens: cached,
             queue_ms,
             compute_ms: (self.started.elapsed().as_secs_f64() * 1e3 - queue_ms).max(0.0),
             device_seconds,

@@ -10,6 +10,9 @@ pub mod device;
 pub mod gguf_tokenizer;
 pub mod kernels;
 pub mod llama;
+pub mod prefix_cache;
+
+pub use prefix_cache::PrefixStats;
 
 /// Errors of the model layer. The infer layer maps them to its own error; the HTTP layer never
 /// shows their text to clients (it is logged), because it can reveal paths and internals.
@@ -66,6 +69,25 @@ pub trait Generator: Send {
     /// Makes `to` hold a copy of the sequence in `from` (what it stored so far), so that
     /// several choices continue one prompt prefilled once. `to` may hold anything before.
     fn copy_slot(&mut self, from: usize, to: usize) -> Result<()>;
+
+    /// Fills the empty `slot` with the KV of the longest cached prefix of `tokens` under
+    /// `scope` (see `prefix_cache`), always short of the last token, whose logits the caller
+    /// needs from a prefill. Returns the positions filled; the blocks stay pinned until
+    /// `release(slot)`. Backends without a prefix cache fill nothing.
+    fn reuse_prefix(&mut self, _slot: usize, _scope: &str, _tokens: &[u32]) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// Offers the whole blocks of what `slot` stores to the prefix cache under `scope`;
+    /// `tokens` are the sequence's tokens (prompt then output), of which the slot stores the
+    /// first ones. Called before `release`; positions a step did not finish are not stored,
+    /// so a cancelled sequence leaves no half-written block.
+    fn keep_prefix(&mut self, _slot: usize, _scope: &str, _tokens: &[u32]) {}
+
+    /// Size and evictions of the prefix cache (zero without one).
+    fn prefix_stats(&self) -> PrefixStats {
+        PrefixStats::default()
+    }
 }
 
 /// Static facts about a loaded embedding model.

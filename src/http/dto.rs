@@ -443,8 +443,8 @@ pub struct DetokenizeRequest {
 
 impl RequestBody for DetokenizeRequest {}
 
-/// A response's `usage`. The details are always zero (no prompt cache, no reasoning
-/// tokens) but present, as OpenAI's SDKs and dashboards read them.
+/// A response's `usage`. `cached_tokens` counts prompt tokens served from the prefix cache;
+/// the reasoning count is always zero but present, as OpenAI's SDKs and dashboards read it.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Usage {
     pub prompt_tokens: usize,
@@ -473,5 +473,11 @@ impl Usage {
             prompt_tokens_details: PromptTokensDetails::default(),
             completion_tokens_details: CompletionTokensDetails::default(),
         }
+    }
+
+    /// With `cached` of the prompt tokens served from the prefix cache.
+    pub fn with_cached(mut self, cached: u64) -> Self {
+        self.prompt_tokens_details.cached_tokens = cached as usize;
+        self
     }
 }

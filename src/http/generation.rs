@@ -344,7 +344,7 @@ async fn collect(
     }
     let completion = choices.completion_tokens();
     let bill = meter.end(Outcome::Ok, completion as u64, None);
-    let usage = Usage::new(gen.prompt_tokens, completion);
+    let usage = Usage::new(gen.prompt_tokens, completion).with_cached(gen.progress.cached());
     let list: Vec<Value> = (0..choices.list.len()).map(|i| choices.whole(i)).collect();
     let object = match call.shape {
         Shape::Chat => "chat.completion",
@@ -434,7 +434,8 @@ impl StreamState {
         // A stream's cost is known only at its end, after the headers: the final usage
         // chunk (include_usage) and the ledger carry it.
         if self.call.include_usage {
-            let usage = Usage::new(self.gen.prompt_tokens, completion_tokens);
+            let usage = Usage::new(self.gen.prompt_tokens, completion_tokens)
+                .with_cached(self.gen.progress.cached());
             let mut last = chunk_value(&self.call, None);
             last["usage"] = json!(usage);
             self.pending.push_back(Ok(last));

@@ -166,6 +166,7 @@ async fn generate(
         class: caller.tenant.class,
         pool: caller.tenant.pool().map(str::to_string),
         tier: caller.tenant.tier.clone(),
+        prefix_scope: caller.tenant.prefix_scope(),
     };
     let mut meter = Meter::open(state, caller, &call.model)?;
     let prepared = model.prepare(gen).await?;

@@ -126,9 +126,12 @@ fn usage(chat: &Value) -> Value {
     }
     let input = chat["prompt_tokens"].as_u64().unwrap_or(0);
     let output = chat["completion_tokens"].as_u64().unwrap_or(0);
+    let cached = chat["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
     json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output,

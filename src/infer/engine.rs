@@ -362,6 +362,7 @@ impl Engine {
                 dtype: dtype.clone(),
                 max_slots: mc.max_batch_size,
                 max_seq_len,
+                prefix_cache_bytes: mc.prefix_cache_bytes,
                 device,
                 replica: format!("{}#{i}", mc.name),
                 index: i,
@@ -440,11 +441,12 @@ fn load_generator(spec: &LoadSpec) -> Result<Box<dyn Generator>, BackendError> {
             let path = spec.dir.join(&weights.path);
             let model = llama::load_gguf(&path, &device, &opts)
                 .map_err(|e| BackendError::Files(format!("{}: {e}", path.display())))?;
-            Box::new(model)
+            Box::new(model.with_prefix_cache(spec.prefix_cache_bytes))
         }
         WeightFormat::Safetensors => {
             let dtype = float_dtype(&spec.dtype).unwrap_or(candle_core::DType::F32);
-            Box::new(llama::load_safetensors(&spec.dir, &device, dtype, &opts)?)
+            let model = llama::load_safetensors(&spec.dir, &device, dtype, &opts)?;
+            Box::new(model.with_prefix_cache(spec.prefix_cache_bytes))
         }
     })
 }

@@ -35,6 +35,8 @@ pub(crate) struct GenJob {
     pub class: usize,
     /// Metrics label.
     pub tier: String,
+    /// Prefix-cache scope (see `GenRequest::prefix_scope`); None: not cached.
+    pub prefix_scope: Option<Arc<str>>,
     /// The request's span, so the replica thread's logs about it carry its request id.
     pub span: tracing::Span,
 }
@@ -114,6 +116,8 @@ pub struct Progress {
     pub queued_ns: AtomicU64,
     /// Index + 1 of the replica that admitted it; 0 until admitted.
     replica: AtomicUsize,
+    /// Prompt tokens whose KV came from the prefix cache (set at admission).
+    cached: AtomicU64,
 }
 
 impl Progress {
@@ -121,6 +125,15 @@ impl Progress {
         self.queued_ns
             .store(waited.as_nanos() as u64, Ordering::Relaxed);
         self.replica.store(replica + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cached(&self, tokens: usize) {
+        self.cached.store(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// Prompt tokens served from the prefix cache (`cached_tokens` in usage).
+    pub fn cached(&self) -> u64 {
+        self.cached.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add_device_time(&self, ns: u64) {

@@ -39,6 +39,13 @@ pub(crate) struct Sequence {
     pub prompt_logprobs: bool,
     pub prompt_scores: Vec<TokenLogprob>,
     pub generated: usize,
+    /// Sampled tokens, in order: with the prompt, what the slot's KV holds (all but the
+    /// last), offered to the prefix cache when the sequence ends.
+    pub output: Vec<u32>,
+    /// Prefix-cache scope; None: neither reuses nor leaves cached blocks.
+    pub prefix_scope: Option<Arc<str>>,
+    /// Ended by a model error: its slot is not offered to the prefix cache.
+    pub failed: bool,
     pub last: u32,
     pub done: bool,
     /// The client went away (a send failed or the channel is closed): a cancelled slot.
@@ -81,6 +88,9 @@ impl Sequence {
             prompt_logprobs: job.prompt_logprobs,
             prompt_scores: Vec::new(),
             generated: 0,
+            output: Vec::new(),
+            prefix_scope: job.prefix_scope,
+            failed: false,
             last: 0,
             done: false,
             cancelled: false,
@@ -119,6 +129,9 @@ impl Sequence {
             prompt_logprobs: false,
             prompt_scores: Vec::new(),
             generated: 0,
+            output: Vec::new(),
+            prefix_scope: self.prefix_scope.clone(),
+            failed: false,
             last: 0,
             done: false,
             cancelled: false,
@@ -143,6 +156,7 @@ impl Sequence {
         self.progress.generated.fetch_add(1, Ordering::Relaxed);
         self.observe_token(&ctx.name);
         self.last = token;
+        self.output.push(token);
         // A grammar decides where the output ends (it allows end-of-sequence only there), so
         // `ignore_eos` does not apply to it.
         let eos_ends = !self.ignore_eos || self.constrained();
@@ -221,6 +235,7 @@ impl Sequence {
         tracing::error!(model, slot = self.slot, error = %detail, "generation failed");
         self.send(GenEvent::Failed(InferError::Backend(detail)));
         self.done = true;
+        self.failed = true;
     }
 
     /// The channel has room for every event (see `enqueue`); a failed send means the client
@@ -241,6 +256,11 @@ impl Sequence {
 
     pub fn constrained(&self) -> bool {
         self.sampler.has_grammar()
+    }
+
+    /// The metrics' tier label.
+    pub fn tier(&self) -> &str {
+        &self.tier
     }
 
     /// Whether the sequence should still run.

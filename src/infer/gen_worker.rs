@@ -6,6 +6,7 @@
 
 pub(crate) use super::gen_job::WorkerContext;
 use super::gen_job::{GenEvent, GenJob};
+use super::gen_prefix;
 use super::gen_sequence::Sequence;
 use super::logprobs::TokenLogprob;
 use super::policy::{SeqView, StepPlanner};
@@ -89,6 +90,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
     let live = &mut guard.seqs;
     let mut planner = StepPlanner::new(ctx.knobs);
     let metrics = ReplicaMetrics::new(&ctx.name, replica, slots);
+    let mut prefix_metrics = gen_prefix::PrefixMetrics::new(&ctx.name, replica);
     loop {
         if live.is_empty() && !ctx.queue.wait_for_work() {
             return;
@@ -103,7 +105,12 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             // Shutdown's grace period is over: each request is told and billed for what it got.
             live.iter_mut().for_each(Sequence::interrupt);
         } else {
+            let known = live.len();
             admit(ctx, &mut cap, live, replica);
+            // Outside the queue's lock: copying a long cached prefix takes milliseconds.
+            for seq in &mut live[known..] {
+                gen_prefix::reuse(model, seq, &prefix_metrics);
+            }
             if live.is_empty() {
                 // Work is queued but a slot is held for a class about to return (see `share`):
                 // check again shortly instead of spinning.
@@ -118,6 +125,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
                 metrics.cancelled.inc();
             }
             if !keep {
+                gen_prefix::keep(model, seq);
                 // Its own slot and any still held for choices it never started.
                 for &slot in std::iter::once(&seq.slot).chain(&seq.reserved) {
                     ctx.queue.record_service(seq.held());
@@ -129,6 +137,7 @@ pub(crate) fn run(model: &mut dyn Generator, ctx: &WorkerContext, replica: usize
             }
             keep
         });
+        prefix_metrics.update(model);
         metrics.running.set(live.len() as i64);
         metrics
             .slots_used

@@ -131,6 +131,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (GenJob, mpsc::Receiver<GenEvent>
         progress: Default::default(),
         class: 0,
         tier: "test".into(),
+        prefix_scope: None,
         span: tracing::Span::none(),
     };
     (job, rx)

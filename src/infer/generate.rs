@@ -66,6 +66,9 @@ pub struct GenRequest {
     pub pool: Option<String>,
     /// The tier, as the metrics' `tier` label (a configured name, never a tenant id).
     pub tier: String,
+    /// The prefix-cache scope (`tenant:<id>`, `tier:<name>`, `global`), set by the server
+    /// from the tenant's tier, never from the request; None: the cache is not used.
+    pub prefix_scope: Option<String>,
 }
 
 /// A request that passed validation: its prompt ids and output budget are known, so the
@@ -296,6 +299,7 @@ impl GenerateModel {
             progress: progress.clone(),
             class: req.class,
             tier: req.tier.clone(),
+            prefix_scope: req.prefix_scope.as_deref().map(Arc::from),
             span: tracing::Span::current(),
         };
         let prompt_tokens = job.prompt.len();

@@ -9,6 +9,7 @@ mod embed;
 mod engine;
 mod gen_checks;
 mod gen_job;
+mod gen_prefix;
 mod gen_sequence;
 mod gen_worker;
 mod generate;

@@ -17,6 +17,8 @@ pub(crate) struct LoadSpec {
     pub dtype: String,
     pub max_slots: usize,
     pub max_seq_len: usize,
+    /// Byte budget of the replica's prefix cache (0: none).
+    pub prefix_cache_bytes: usize,
     pub device: DeviceSpec,
     pub replica: String,
     /// Index among the model's replicas.

@@ -29,6 +29,7 @@ pub fn record(i: u64) -> UsageRecord {
         device: if rejected { "" } else { "cpu" }.into(),
         prompt_tokens: 10 + i,
         completion_tokens: if rejected { 0 } else { 3 * i },
+        cached_tokens: if i % 3 == 1 { 16 } else { 0 },
         queue_ms: 0.1 + 0.2 * i as f64,
         compute_ms: 1e-7 + i as f64 / 3.0,
         device_seconds: (i as f64).sqrt() / 7.0,

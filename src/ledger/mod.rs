@@ -28,7 +28,7 @@ pub use crate::outcome::Outcome;
 pub use chain::{row_hash, verify, Break, BreakKind, ChainReport, VerifyReport, GENESIS};
 pub use config::LedgerConfig;
 pub use month::{civil_from_days, month_range, month_range_of};
-pub use price::{cost_split, CostSplit, Price};
+pub use price::{cost_split, cost_split_cached, CostSplit, Price};
 pub use record::UsageRecord;
 pub use report::{build_report, hkd, Report, ReportFormat, ReportRow};
 pub use store::{ChainedRecord, Store};

@@ -95,6 +95,7 @@ fn read_row(row: &Row) -> Result<ChainedRecord, LedgerError> {
             charge_micro_hkd: row.try_get(20)?,
             outcome: row.try_get(21)?,
             reason: row.try_get(22)?,
+            cached_tokens: to_u64(row.try_get(23)?),
         },
         chain,
         seq,
@@ -107,12 +108,13 @@ fn insert_chunk(
     rows: &[ChainedRecord],
 ) -> Result<(), LedgerError> {
     // BIGINT conversions need owned values the parameter list can borrow.
-    let ints: Vec<[i64; 2]> = rows
+    let ints: Vec<[i64; 3]> = rows
         .iter()
         .map(|r| {
             [
                 to_i64(r.record.prompt_tokens),
                 to_i64(r.record.completion_tokens),
+                to_i64(r.record.cached_tokens),
             ]
         })
         .collect();
@@ -148,6 +150,7 @@ fn insert_chunk(
             &r.charge_micro_hkd,
             &r.outcome,
             &r.reason,
+            &ints[i][2],
         ]);
         let first = i * COLUMN_COUNT;
         let marks: Vec<String> = (1..=COLUMN_COUNT)

@@ -13,6 +13,10 @@ pub struct Price {
     pub output_per_1k_hkd: f64,
     /// HKD per second of device time (the request's share of its batches).
     pub device_second_hkd: f64,
+    /// HKD per 1000 prompt tokens served from the prefix cache (no prefill ran for them);
+    /// unset: the same as `input_per_1k_hkd`, i.e. no discount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_1k_hkd: Option<f64>,
 }
 
 /// A request's cost in micro-HKD. `list == subsidy + charge` always.
@@ -36,8 +40,31 @@ pub fn cost_split(
     device_seconds: f64,
     subsidy_rate: f64,
 ) -> CostSplit {
+    cost_split_cached(
+        price,
+        (prompt_tokens, 0),
+        completion_tokens,
+        device_seconds,
+        subsidy_rate,
+    )
+}
+
+/// `cost_split` where `cached` of the `prompt` tokens came from the prefix cache and are
+/// priced at `cached_input_per_1k_hkd`.
+pub fn cost_split_cached(
+    price: &Price,
+    (prompt_tokens, cached): (u64, u64),
+    completion_tokens: u64,
+    device_seconds: f64,
+    subsidy_rate: f64,
+) -> CostSplit {
     let per_token = MICRO_PER_HKD / 1000.0;
-    let tokens = prompt_tokens as f64 * price.input_per_1k_hkd
+    let cached = cached.min(prompt_tokens);
+    let cached_price = price
+        .cached_input_per_1k_hkd
+        .unwrap_or(price.input_per_1k_hkd);
+    let tokens = (prompt_tokens - cached) as f64 * price.input_per_1k_hkd
+        + cached as f64 * cached_price
         + completion_tokens as f64 * price.output_per_1k_hkd;
     let list = tokens * per_token + device_seconds * price.device_second_hkd * MICRO_PER_HKD;
     // `as` saturates and maps NaN to 0: a broken price cannot wrap around.
@@ -64,7 +91,25 @@ mod tests {
             input_per_1k_hkd: 0.5,
             output_per_1k_hkd: 1.5,
             device_second_hkd: 2.0,
+            cached_input_per_1k_hkd: None,
         }
+    }
+
+    #[test]
+    fn cached_prompt_tokens_take_the_cached_price() {
+        let p = Price {
+            cached_input_per_1k_hkd: Some(0.125),
+            ..price()
+        };
+        // 600 x 0.5/1k + 400 x 0.125/1k = 0.3 + 0.05 HKD; no completion, no device time.
+        let c = cost_split_cached(&p, (1000, 400), 0, 0.0, 0.0);
+        assert_eq!(c.list, 350_000);
+    }
+
+    #[test]
+    fn without_a_cached_price_cached_tokens_cost_the_input_price() {
+        let c = cost_split_cached(&price(), (1000, 400), 0, 0.0, 0.0);
+        assert_eq!(c, cost_split(&price(), 1000, 0, 0.0, 0.0));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct UsageRecord {
     pub device: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens served from the prefix cache (part of `prompt_tokens`). Left out of the
+    /// canonical JSON when 0, so rows written before the field existed hash as they did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
     /// Time spent waiting in the model's queue.
     pub queue_ms: f64,
     /// Time from the first scheduled step to the last token.
@@ -46,6 +50,10 @@ pub struct UsageRecord {
     pub reason: Option<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl UsageRecord {
     /// Makes the record survive a round trip through either database bit for bit, so that its
     /// hash recomputes: SQLite stores NaN as NULL and may store `-0.0` as the integer 0, and
@@ -63,6 +71,7 @@ impl UsageRecord {
         let max = i64::MAX as u64;
         self.prompt_tokens = self.prompt_tokens.min(max);
         self.completion_tokens = self.completion_tokens.min(max);
+        self.cached_tokens = self.cached_tokens.min(self.prompt_tokens);
     }
 }
 
@@ -79,6 +88,7 @@ pub(crate) fn sample(request_id: &str, tenant: &str, charge: i64) -> UsageRecord
         device: "cpu".into(),
         prompt_tokens: 12,
         completion_tokens: 30,
+        cached_tokens: 0,
         queue_ms: 1.25,
         compute_ms: 480.5,
         device_seconds: 0.1234567,

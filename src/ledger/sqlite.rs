@@ -105,6 +105,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> Result<ChainedRecord, LedgerError> {
             charge_micro_hkd: row.get(20)?,
             outcome: row.get(21)?,
             reason: row.get(22)?,
+            cached_tokens: to_u64(row.get(23)?),
         },
         chain,
         seq,
@@ -170,6 +171,7 @@ impl Store for SqliteStore {
                     r.charge_micro_hkd,
                     r.outcome,
                     r.reason,
+                    to_i64(r.cached_tokens),
                 ])?;
             }
         }

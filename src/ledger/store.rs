@@ -52,17 +52,18 @@ pub trait Store: Send {
 pub(crate) const COLUMNS: &str = "chain, seq, prev_hash, hash, request_id, time_ms, tenant, \
     tier, grant_id, model, replica, device, prompt_tokens, completion_tokens, queue_ms, \
     compute_ms, device_seconds, list_micro_hkd, subsidy_rate, subsidy_micro_hkd, \
-    charge_micro_hkd, outcome, reason";
+    charge_micro_hkd, outcome, reason, cached_tokens";
 
 /// How many entries `COLUMNS` has.
-pub(crate) const COLUMN_COUNT: usize = 23;
+pub(crate) const COLUMN_COUNT: usize = 24;
 
 /// Numbered schema migrations, applied in order, each once; never edit a released one, add
 /// the next number. The SQL is portable between SQLite and PostgreSQL (SQLite reads BIGINT as
 /// INTEGER and DOUBLE PRECISION as REAL, both 64-bit, so values round-trip exactly).
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS usage_records (
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS usage_records (
         chain TEXT NOT NULL,
         seq BIGINT NOT NULL,
         prev_hash TEXT NOT NULL,
@@ -89,7 +90,14 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
         UNIQUE (chain, seq)
     );
     CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time_ms);",
-)];
+    ),
+    // Prompt tokens served from the prefix cache. Older rows read 0, which their hash
+    // never included (`UsageRecord::cached_tokens`), so their chains still verify.
+    (
+        2,
+        "ALTER TABLE usage_records ADD COLUMN cached_tokens BIGINT NOT NULL DEFAULT 0;",
+    ),
+];
 
 /// Counts stored as BIGINT; `normalize` keeps them at most `i64::MAX`.
 pub(crate) fn to_i64(n: u64) -> i64 {

@@ -334,3 +334,65 @@ fn a_store_that_cannot_open_fails_the_start() {
         .expect("error");
     assert!(err.to_string().contains("injected"), "{err}");
 }
+
+/// A ledger written before `cached_tokens` existed (schema version 1) still verifies after
+/// the migration that adds it, and rows with cached tokens chain after its rows.
+#[test]
+fn rows_written_before_cached_tokens_existed_still_verify_after_the_migration() {
+    let db = TempDb::new("v1");
+    let old = record::sample("old", "t", 5);
+    let linked = chain::link(None, "main", std::slice::from_ref(&old));
+    let row = &linked[0];
+    {
+        let mut exec = db.exec();
+        exec(store::MIGRATIONS[0].1);
+        exec(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY);
+              INSERT INTO schema_migrations (version) VALUES (1);",
+        );
+        let columns = store::COLUMNS.replace(", cached_tokens", "");
+        exec(&format!(
+            "INSERT INTO usage_records ({columns}) VALUES ('main', 1, '{}', '{}', '{}', {}, \
+             '{}', '{}', '{}', '{}', {}, '{}', {}, {}, {}, {}, {}, {}, {}, {}, {}, '{}', NULL)",
+            row.prev_hash,
+            row.hash,
+            old.request_id,
+            old.time_ms,
+            old.tenant,
+            old.tier,
+            old.grant_id,
+            old.model,
+            old.replica.unwrap_or_default(),
+            old.device,
+            old.prompt_tokens,
+            old.completion_tokens,
+            old.queue_ms,
+            old.compute_ms,
+            old.device_seconds,
+            old.list_micro_hkd,
+            old.subsidy_rate,
+            old.subsidy_micro_hkd,
+            old.charge_micro_hkd,
+            old.outcome,
+        ));
+    }
+    let mut store = db.open();
+    let head = store.head("main").expect("head");
+    let new = UsageRecord {
+        cached_tokens: 7,
+        ..record::sample("new", "t", 5)
+    };
+    store
+        .append(&chain::link(
+            head.as_ref(),
+            "main",
+            std::slice::from_ref(&new),
+        ))
+        .expect("append");
+    let report = verify(&mut store).expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.chains[0].rows_ok, 2);
+    let stored = store.scan("main", 0, 10).expect("scan");
+    assert_eq!(stored[0].record.cached_tokens, 0);
+    assert_eq!(stored[1].record, new);
+}

@@ -47,6 +47,26 @@ pub struct Tier {
     /// replicas run nothing else: the isolation regulated pilots need.
     #[serde(default)]
     pub dedicated: bool,
+    /// Which requests may share prefix-cache blocks with this tier's: the hash chain of a
+    /// cached prefix is salted with the scope, so requests of different scopes never hit
+    /// each other's blocks (nor can time-to-first-token reveal them).
+    #[serde(default)]
+    pub prefix_cache: PrefixScope,
+}
+
+/// Who shares a tier's prefix cache (`prefix_cache` in tiers.toml).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixScope {
+    /// Each tenant has its own: no tenant can learn anything about another's prompts.
+    #[default]
+    Tenant,
+    /// The tenants of the tier share one (e.g. one organisation's apps).
+    Tier,
+    /// Every tier with `global` shares one.
+    Global,
+    /// No reuse: every prompt is prefilled in full.
+    Off,
 }
 
 fn one() -> f64 {
@@ -124,6 +144,17 @@ impl Tenant {
     /// The replica pool its requests run in: its tier's own when the tier is dedicated.
     pub fn pool(&self) -> Option<&str> {
         self.terms.dedicated.then_some(self.tier.as_str())
+    }
+
+    /// The salt of this tenant's prefix-cache chains (see `PrefixScope`); None: no cache.
+    /// Derived from server-side names only: nothing a request carries reaches it.
+    pub fn prefix_scope(&self) -> Option<String> {
+        match self.terms.prefix_cache {
+            PrefixScope::Tenant => Some(format!("tenant:{}", self.id)),
+            PrefixScope::Tier => Some(format!("tier:{}", self.tier)),
+            PrefixScope::Global => Some("global".into()),
+            PrefixScope::Off => None,
+        }
     }
 
     pub fn may_use(&self, model: &str) -> bool {

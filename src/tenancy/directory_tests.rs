@@ -221,3 +221,32 @@ fn a_keys_file_that_does_not_parse_keeps_the_old_keys() {
     assert_eq!(tenancy.keys_rereads(), 1);
     assert!(tenancy.authenticate(&key).is_some());
 }
+
+#[test]
+fn the_prefix_cache_scope_comes_from_the_tier_and_defaults_to_the_tenant() {
+    let d = Directory::load(&shipped()).expect("shipped files are valid");
+    let scope = |tenant: &str| d.tenants[tenant].prefix_scope();
+    assert_eq!(scope("demo-aiss").as_deref(), Some("tenant:demo-aiss"));
+    assert_eq!(
+        scope("demo-sandbox").as_deref(),
+        Some("tenant:demo-sandbox")
+    );
+    for (setting, want) in [
+        ("tier", Some("tier:basic")),
+        ("global", Some("global")),
+        ("off", None),
+    ] {
+        let tiers = format!("{TIER}prefix_cache = \"{setting}\"\n");
+        let f = Files::new(&format!("scope-{setting}"), &tiers, TENANT);
+        let d = Directory::load(&f.sources()).expect("valid");
+        assert_eq!(d.tenants["a"].prefix_scope().as_deref(), want, "{setting}");
+    }
+}
+
+#[test]
+fn an_unknown_prefix_cache_scope_is_refused() {
+    let tiers = format!("{TIER}prefix_cache = \"public\"\n");
+    let f = Files::new("scope-bad", &tiers, TENANT);
+    let err = Directory::load(&f.sources()).unwrap_err();
+    assert!(err.contains("public"), "{err}");
+}

@@ -18,6 +18,7 @@ fn tier() -> Tier {
         monthly_budget_hkd: None,
         models: Vec::new(),
         dedicated: false,
+        prefix_cache: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ mod limiter_tests;
 pub mod live;
 
 pub use classes::TierClasses;
-pub use directory::{Directory, Sources, Tenant, Tier};
+pub use directory::{Directory, PrefixScope, Sources, Tenant, Tier};
 pub use limiter::{
     Ask, Clock, Denied, LimitKind, Limiter, LocalLimiter, ManualClock, MonotonicClock, RateStatus,
     Reservation, Usage,

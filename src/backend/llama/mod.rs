@@ -23,6 +23,7 @@ mod family;
 mod forward;
 mod kv;
 mod linear;
+mod prefix;
 mod transfer;
 mod weights;
 
@@ -33,12 +34,15 @@ mod tests_gguf;
 #[cfg(test)]
 mod tests_int8;
 #[cfg(test)]
+mod tests_prefix;
+#[cfg(test)]
 mod tests_qwen2;
 #[cfg(test)]
 mod tests_safetensors;
 
 use super::kernels::Isa;
-use super::{BackendError, Generator, GeneratorSpec, Result};
+use super::prefix_cache::{BlockKey, PrefixCache};
+use super::{BackendError, Generator, GeneratorSpec, PrefixStats, Result};
 use attention::Rope;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device};
@@ -82,6 +86,10 @@ pub struct LlamaModel {
     dtype: DType,
     /// Every per-step host <-> device copy of the candle-op forward goes through it.
     transfers: transfer::Transfers,
+    /// KV blocks of ended sequences (see `prefix`); disabled until `with_prefix_cache`.
+    prefix: PrefixCache<Box<[f32]>>,
+    /// Per slot, the cached blocks its sequence reused (pinned until it is released).
+    pinned: Vec<Vec<BlockKey>>,
 }
 
 /// The int8 kernel for Q8_0 and Q4_0 projections on `device`: the fastest SIMD one this CPU
@@ -195,6 +203,8 @@ impl LlamaModel {
             device: device.clone(),
             dtype,
             transfers: transfer::Transfers::new(device),
+            prefix: PrefixCache::new(0),
+            pinned: vec![Vec::new(); opts.max_slots],
         })
     }
 
@@ -247,6 +257,7 @@ impl LlamaModel {
     /// (tests and `loadtests/forward_bench` compare the two). Call it before any prefill.
     pub fn with_candle_forward(mut self) -> Self {
         self.cpu = None;
+        self.prefix = PrefixCache::new(0);
         self.slots = (0..self.spec.max_slots)
             .map(|_| SlotKv::default())
             .collect();
@@ -329,7 +340,20 @@ impl Generator for LlamaModel {
         Ok(())
     }
 
+    fn reuse_prefix(&mut self, slot: usize, scope: &str, tokens: &[u32]) -> Result<usize> {
+        self.reuse_cached(slot, scope, tokens)
+    }
+
+    fn keep_prefix(&mut self, slot: usize, scope: &str, tokens: &[u32]) {
+        self.keep_cached(slot, scope, tokens);
+    }
+
+    fn prefix_stats(&self) -> PrefixStats {
+        self.cache_stats()
+    }
+
     fn release(&mut self, slot: usize) {
+        self.unpin_slot(slot);
         let released = match &mut self.cpu {
             Some(cpu) => cpu.release(slot),
             None => self.slots.get_mut(slot).map(SlotKv::reset).is_some(),

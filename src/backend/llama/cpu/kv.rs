@@ -140,6 +140,67 @@ impl CpuSlotKv {
         self.len += t;
     }
 
+    /// Floats of one prefix-cache block (`prefix_cache::BLOCK_TOKENS` positions, all layers).
+    pub fn block_floats(dims: &KvDims) -> usize {
+        dims.n_layers * dims.n_kv_heads * 2 * KEY_BLOCK * dims.head_dim
+    }
+
+    /// A copy of stored block `block` (positions `block * KEY_BLOCK..` of the next
+    /// `KEY_BLOCK`): per layer, every head's transposed key block, then every head's value
+    /// rows. The layout `push_block` reads.
+    pub fn export_block(&self, block: usize, dims: &KvDims) -> Vec<f32> {
+        assert!(
+            (block + 1) * KEY_BLOCK <= self.len,
+            "KV block {block} is not stored (len {})",
+            self.len
+        );
+        let (hd, cap, head_keys) = (self.head_dim, self.capacity, self.head_keys());
+        let per_head = KEY_BLOCK * hd;
+        let mut out = Vec::with_capacity(Self::block_floats(dims));
+        for kv in &self.layers {
+            for head in 0..dims.n_kv_heads {
+                out.extend_from_slice(&kv.keys[head * head_keys + block * per_head..][..per_head]);
+            }
+            for head in 0..dims.n_kv_heads {
+                out.extend_from_slice(
+                    &kv.values[(head * cap + block * KEY_BLOCK) * hd..][..per_head],
+                );
+            }
+        }
+        out
+    }
+
+    /// Appends one block exported by `export_block` (of a model with the same `dims`) at
+    /// the end of the stored positions, which must be a whole number of blocks.
+    pub fn push_block(&mut self, data: &[f32], dims: &KvDims) {
+        assert_eq!(
+            self.len % KEY_BLOCK,
+            0,
+            "a block must start on a block boundary"
+        );
+        assert_eq!(
+            data.len(),
+            Self::block_floats(dims),
+            "block of another shape"
+        );
+        let block = self.len / KEY_BLOCK;
+        self.reserve(self.len + KEY_BLOCK, dims);
+        let (hd, cap, head_keys) = (self.head_dim, self.capacity, self.head_keys());
+        let per_head = KEY_BLOCK * hd;
+        let mut parts = data.chunks_exact(per_head);
+        for kv in &mut self.layers {
+            for head in 0..dims.n_kv_heads {
+                let src = parts.next().unwrap_or_default();
+                kv.keys[head * head_keys + block * per_head..][..per_head].copy_from_slice(src);
+            }
+            for head in 0..dims.n_kv_heads {
+                let src = parts.next().unwrap_or_default();
+                kv.values[(head * cap + block * KEY_BLOCK) * hd..][..per_head].copy_from_slice(src);
+            }
+        }
+        self.len += KEY_BLOCK;
+    }
+
     /// Forgets the sequence; keeps modest buffers for reuse.
     pub fn reset(&mut self) {
         self.len = 0;
@@ -199,6 +260,36 @@ mod tests {
                     let neg: Vec<f32> = want.iter().map(|x| -x).collect();
                     assert_eq!(&v[pos * 4..][..4], neg.as_slice());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn an_exported_block_pushed_into_another_slot_reads_back_the_same() {
+        const STORED: usize = 2 * KEY_BLOCK + 3;
+        let mut from = CpuSlotKv::default();
+        from.reserve(STORED, &DIMS);
+        for pos in 0..STORED {
+            for layer in 0..2 {
+                let k = row(layer, pos);
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                from.write(layer, pos, &k, &v);
+            }
+        }
+        from.commit(STORED);
+        let mut to = CpuSlotKv::default();
+        for block in 0..2 {
+            let data = from.export_block(block, &DIMS);
+            assert_eq!(data.len(), CpuSlotKv::block_floats(&DIMS));
+            to.push_block(&data, &DIMS);
+        }
+        assert_eq!(to.len(), 2 * KEY_BLOCK);
+        for layer in 0..2 {
+            for head in 0..2 {
+                assert_eq!(
+                    to.head(layer, head, 2 * KEY_BLOCK),
+                    from.head(layer, head, 2 * KEY_BLOCK)
+                );
             }
         }
     }

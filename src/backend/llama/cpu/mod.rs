@@ -207,6 +207,21 @@ impl CpuForward {
         self.slots[to] = self.slots[from].clone();
     }
 
+    /// Bytes of one prefix-cache block of this model's KV.
+    pub fn block_bytes(&self) -> usize {
+        CpuSlotKv::block_floats(&self.kv_dims) * std::mem::size_of::<f32>()
+    }
+
+    /// A copy of stored block `block` of `slot` (both exist; the caller checks).
+    pub fn export_block(&self, slot: usize, block: usize) -> Box<[f32]> {
+        self.slots[slot].export_block(block, &self.kv_dims).into()
+    }
+
+    /// Appends a block made by `export_block` to `slot`.
+    pub fn push_block(&mut self, slot: usize, data: &[f32]) {
+        self.slots[slot].push_block(data, &self.kv_dims);
+    }
+
     pub fn release(&mut self, slot: usize) -> bool {
         self.slots.get_mut(slot).map(CpuSlotKv::reset).is_some()
     }
