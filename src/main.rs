@@ -339,6 +339,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!("shutdown grace period over; dropping remaining requests");
         }
     }
+    // Settlements a shared (Redis) limiter still has on their way.
+    let _ = tokio::time::timeout(grace, state.tenancy.limiter.flush()).await;
     // Flush the ledger: no new records, the writer stores what it has, then exits.
     state.ledger.close();
     drop(state);
