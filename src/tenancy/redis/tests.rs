@@ -295,3 +295,68 @@ async fn a_script_error_is_unavailable_never_an_admission() {
     let denied = against_fake(b"-ERR user_script:1: boom\r\n").await;
     assert_eq!(denied.kind, LimitKind::Unavailable);
 }
+
+/// A TCP relay to the real Redis that the test can cut, as if Redis stopped.
+struct Relay {
+    url: String,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("redis://{}/0", listener.local_addr().expect("addr"));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect("127.0.0.1:6379").await?;
+                    tokio::io::copy_bidirectional(&mut client, &mut server).await
+                });
+                conns.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Relay { url, tasks }
+    }
+
+    /// Closes every connection and the listener: Redis is gone for the limiter.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_mid_run_hands_over_to_the_local_share() {
+    let relay = Relay::start().await;
+    let keys = KeysGuard::new();
+    let lim = redis_limiter(&keys, Arc::new(ManualClock::default()), |c| {
+        c.url = relay.url.clone();
+        c.on_unavailable = OnUnavailable::LocalShare;
+        c.gateways = 3;
+    });
+    let t = tenant(tier());
+    // Four of six through Redis, then Redis goes away.
+    for _ in 0..4 {
+        let (r, _) = lim.admit(&t, ask(1)).await.expect("via Redis");
+        assert!(r.lease.is_some());
+    }
+    relay.cut();
+    // ceil(6 / 3) = 2 more from this gateway's share, then its local bucket is empty.
+    let mut local = 0;
+    for _ in 0..4 {
+        match lim.admit(&t, ask(1)).await {
+            Ok((r, _)) => {
+                assert!(r.lease.is_none(), "admitted locally");
+                local += 1;
+            }
+            Err(d) => assert_eq!(d.kind, LimitKind::Requests),
+        }
+    }
+    assert_eq!(local, 2);
+}
