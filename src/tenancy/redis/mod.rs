@@ -16,6 +16,7 @@
 //! whichever runtime asks (tests start several), and `Drop` can hand a settlement over from
 //! anywhere.
 
+mod background;
 mod fallback;
 mod scripts;
 #[cfg(test)]
@@ -32,7 +33,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use scripts::{Call, Reply, TenantKeys, Which};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{Notify, Semaphore};
@@ -148,10 +149,10 @@ impl RedisLimiter {
             round_trips: AtomicU64::new(0),
         });
         let handle = runtime.handle().clone();
-        handle.spawn(renew_loop(Arc::downgrade(&shared)));
-        handle.spawn(probe(
+        handle.spawn(background::renew_loop(Arc::downgrade(&shared)));
+        handle.spawn(background::probe(
             shared.clone(),
-            redacted(&config.url),
+            background::redacted(&config.url),
             config.on_unavailable,
         ));
         Ok(RedisLimiter {
@@ -318,76 +319,6 @@ impl Shared {
             keys: TenantKeys::new(&self.prefix, &tenant.id).of_admission(r.month, lease),
             args: args.into(),
         }
-    }
-
-    async fn renew_all(&self) {
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        for (id, tenant) in self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            by_tenant
-                .entry(tenant.clone())
-                .or_default()
-                .push(scripts::lease_name(*id));
-        }
-        for (tenant, leases) in by_tenant {
-            let mut args = vec![self.now_arg(), scripts::micros(self.lease_ttl).to_string()];
-            args.extend(leases);
-            let call = Call {
-                which: Which::Renew,
-                keys: TenantKeys::new(&self.prefix, &tenant).of_leases(),
-                args,
-            };
-            let renewed = self.invoke(&call).await;
-            if let Err(e) =
-                renewed.and_then(|v| scripts::parse_count(&v).map_err(CallError::Broken))
-            {
-                tracing::debug!(tenant, error = ?e, "lease renewal failed; retried next round");
-            }
-        }
-    }
-}
-
-/// Renews the leases of running requests every third of their TTL, until the limiter goes.
-async fn renew_loop(shared: Weak<Shared>) {
-    let every = match shared.upgrade() {
-        Some(s) => s.lease_ttl / 3,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.renew_all().await;
-    }
-}
-
-/// Says at start whether Redis answers, so that an outage shows in the log before traffic.
-async fn probe(shared: Arc<Shared>, url: String, policy: crate::config::OnUnavailable) {
-    let mut conn = shared.conn.clone();
-    let ping = redis::cmd("PING");
-    match tokio::time::timeout(shared.timeout, ping.query_async::<String>(&mut conn)).await {
-        Ok(Ok(_)) => tracing::info!(url, "tenant limits are shared in Redis"),
-        Ok(Err(e)) => tracing::warn!(url, error = %e, on_unavailable = ?policy,
-            "Redis for the tenant limits is unreachable at start; starting anyway"),
-        Err(_) => tracing::warn!(url, on_unavailable = ?policy,
-            "Redis for the tenant limits did not answer at start; starting anyway"),
-    }
-}
-
-/// The URL without its password, for the log.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 
