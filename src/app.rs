@@ -3,12 +3,12 @@
 //! month's spending restored from the ledger, the ledger writer, and the engine with one
 //! scheduling class per tier; reloads of the tenant files; and new API keys.
 
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, LimiterBackend};
 use crate::conn::IpGuard;
 use crate::infer::Engine;
 use crate::ledger::{self, Ledger, LedgerWriter};
 use crate::tenancy::keys::KeyHash;
-use crate::tenancy::{self, Clock, Directory, Limiter, LocalLimiter, Tenancy};
+use crate::tenancy::{self, Clock, Directory, Limiter, LocalLimiter, RedisLimiter, Tenancy};
 use anyhow::{bail, Context};
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ pub fn load_directory(config: &Config) -> anyhow::Result<Directory> {
 /// in the background; see `Engine::wait_ready`.
 pub fn start(config: Config, fetch: bool, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let directory = load_directory(&config)?;
-    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(clock.clone()));
+    let limiter = start_limiter(&config, clock.clone())?;
     restore_budgets(&config, limiter.as_ref())?;
     let (ledger, ledger_writer) = Ledger::open(&config.ledger).context("cannot open the ledger")?;
     let engine = Engine::start_with(&config, fetch, &directory.weights())?;
@@ -75,6 +75,18 @@ pub fn start(config: Config, fetch: bool, clock: Arc<dyn Clock>) -> anyhow::Resu
     Ok(App {
         state: Arc::new(state),
         ledger_writer,
+    })
+}
+
+/// The tenant limits' home: this process, or a Redis shared by several gateways.
+fn start_limiter(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Limiter>> {
+    let limiter = &config.tenancy.limiter;
+    Ok(match limiter.backend {
+        LimiterBackend::Local => Arc::new(LocalLimiter::new(clock)),
+        LimiterBackend::Redis => {
+            let longest = std::time::Duration::from_secs(config.limits.request_timeout_secs);
+            Arc::new(RedisLimiter::start(limiter, longest, clock)?)
+        }
     })
 }
 

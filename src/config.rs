@@ -3,8 +3,10 @@
 //! start-up so that a bad value stops the process with the offending key, not a later request.
 
 mod connections;
+mod limiter;
 
 pub use connections::ConnectionLimits;
+pub use limiter::{LimiterBackend, LimiterConfig, OnUnavailable};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -111,6 +113,8 @@ pub struct TenancyConfig {
     /// Per-client-IP flood guard in front of authentication: requests per second and burst.
     pub ip_requests_per_second: u32,
     pub ip_burst: u32,
+    /// Where the tenant limits live (`[tenancy.limiter]`).
+    pub limiter: LimiterConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +135,7 @@ impl Default for TenancyConfig {
             admin_key_sha256: None,
             ip_requests_per_second: 500,
             ip_burst: 1000,
+            limiter: LimiterConfig::default(),
         }
     }
 }
@@ -437,6 +442,9 @@ impl Config {
             return bad(key, "must be positive");
         }
         self.ledger.validate().map_err(ConfigError::Invalid)?;
+        if let Err((key, why)) = self.tenancy.limiter.check() {
+            return bad(key, &why);
+        }
         if self.models.is_empty() {
             return bad("models", "must list at least one model");
         }

@@ -90,6 +90,7 @@ impl ApiError {
                     t.max_concurrent, tenant.tier
                 ),
             ),
+            LimitKind::Unavailable => return Self::limiter_unavailable(denied.wait),
             LimitKind::Budget => (
                 "insufficient_quota",
                 "insufficient_quota",
@@ -103,6 +104,18 @@ impl ApiError {
             LimitKind::Concurrency => e.retry_after = Some(Duration::from_secs(1)),
             _ => e.retry_after = Some(wait),
         }
+        e
+    }
+
+    /// 503 while the shared limit store cannot decide: no request passes unchecked.
+    fn limiter_unavailable(wait: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "Tenant limits cannot be checked right now; retry shortly",
+        )
+        .with_code("limiter_unavailable");
+        e.retry_after = Some(wait.max(Duration::from_secs(1)));
         e
     }
 

@@ -381,6 +381,8 @@ async fn drain(
             server.abort();
         }
     }
+    // Settlements a shared (Redis) limiter still has on their way.
+    let _ = tokio::time::timeout_at(flush_end, state.tenancy.limiter.flush()).await;
     // Flush the ledger: no new records, the writer stores what it has, then exits.
     state.ledger.close();
     let flushed = tokio::task::spawn_blocking(move || ledger_writer.join());

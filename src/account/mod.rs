@@ -100,7 +100,7 @@ impl Meter {
 
     /// Reserves `prompt + max_tokens` tokens, a request, a concurrency slot and the worst-case
     /// charge; a denial is recorded and answered 429.
-    pub fn admit(
+    pub async fn admit(
         &mut self,
         prompt_tokens: usize,
         max_tokens: usize,
@@ -126,7 +126,7 @@ impl Meter {
             month: tenancy::month_of(tenancy::unix_ms_now()),
         };
         let limiter = self.state.tenancy.limiter.clone();
-        match limiter.admit(&self.tenant, ask) {
+        match limiter.admit(&self.tenant, ask).await {
             Ok((reservation, status)) => {
                 self.admission = Some(Admission::new(
                     limiter,
@@ -139,6 +139,7 @@ impl Meter {
             Err(denied) => {
                 let outcome = match denied.kind {
                     LimitKind::Budget => Outcome::OverBudget,
+                    LimitKind::Unavailable => Outcome::Overloaded,
                     _ => Outcome::RateLimited,
                 };
                 self.record(outcome, 0, Some(denied.kind.as_str().to_string()));

@@ -171,7 +171,9 @@ async fn generate(
     let mut meter = Meter::open(state, caller, &call.model)?;
     let prepared = model.prepare(gen).await?;
     // The prompt once, and every choice's output budget.
-    let status = meter.admit(prepared.prompt_tokens(), prepared.output_budget())?;
+    let status = meter
+        .admit(prepared.prompt_tokens(), prepared.output_budget())
+        .await?;
     respond(model, prepared, call, stream, meter, status).await
 }
 
@@ -210,7 +212,7 @@ pub async fn embeddings(
     let mut meter = Meter::open(&state, &caller, &req.model)?;
     let ids = model.tokenize(input, req.truncate).await?;
     let tokens = ids.iter().map(Vec::len).sum();
-    let status = meter.admit(tokens, 0)?;
+    let status = meter.admit(tokens, 0).await?;
     let pool = caller.tenant.pool();
     let out = match model.embed_ids(ids, caller.tenant.class, pool).await {
         Ok(out) => out,

@@ -47,6 +47,11 @@ impl Gcra {
         self.burst
     }
 
+    /// The time one cell costs.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.t)
+    }
+
     fn cost(&self, n: u64) -> u64 {
         n.saturating_mul(self.t)
     }

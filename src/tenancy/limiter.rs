@@ -3,13 +3,17 @@
 //! request denied by one limit spends nothing from the others.
 //!
 //! `Limiter` is the contract; `LocalLimiter` keeps the state of one process under one mutex
-//! (a few integers per tenant, held for microseconds). A Redis home with the same semantics
-//! (one script doing the same checks, then the same writes) can implement the trait for
-//! limits shared across replicas.
+//! (a few integers per tenant, held for microseconds). `super::redis::RedisLimiter` is the
+//! same rules in Redis (one script doing the same checks, then the same writes) for limits
+//! shared by several gateways. Admission is a future because that home answers over the
+//! network; settling is not, because it runs from `Drop` (a shared home books it in the
+//! background, and `flush` waits for it).
 
 use super::directory::Tenant;
 use super::gcra::{Decision, Gcra};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,9 @@ pub enum LimitKind {
     TooLarge,
     Concurrency,
     Budget,
+    /// The shared limit store cannot answer (down, garbage, a script error): 503, retry later.
+    /// Never an admission without a limit.
+    Unavailable,
 }
 
 impl LimitKind {
@@ -32,6 +39,7 @@ impl LimitKind {
             LimitKind::TooLarge => "request_too_large",
             LimitKind::Concurrency => "concurrency",
             LimitKind::Budget => "budget",
+            LimitKind::Unavailable => "limiter_unavailable",
         }
     }
 }
@@ -57,9 +65,12 @@ pub struct Usage {
 /// A held admission. Hand it back to `settle` exactly once.
 #[derive(Debug)]
 pub struct Reservation {
-    tokens: u64,
-    hold: i64,
-    month: u32,
+    pub(crate) tokens: u64,
+    pub(crate) hold: i64,
+    pub(crate) month: u32,
+    /// The admission's id in a shared home (its lease, and what makes settling idempotent);
+    /// `None` when a local limiter holds it.
+    pub(crate) lease: Option<u128>,
 }
 
 /// The figures of OpenAI's `x-ratelimit-*` headers.
@@ -81,9 +92,20 @@ pub struct Denied {
     pub status: RateStatus,
 }
 
+pub type Admitted = Result<(Reservation, RateStatus), Denied>;
+pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Admitted> + Send + 'a>>;
+pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 pub trait Limiter: Send + Sync {
-    fn admit(&self, tenant: &Tenant, ask: Ask) -> Result<(Reservation, RateStatus), Denied>;
+    /// Checks every limit and reserves from all of them, or from none.
+    fn admit<'a>(&'a self, tenant: &'a Tenant, ask: Ask) -> AdmitFuture<'a>;
+    /// Books what was used and gives back the rest; may finish in the background.
     fn settle(&self, tenant: &Tenant, reservation: Reservation, used: Usage);
+    /// Waits until every settlement handed to `settle` so far is booked.
+    fn flush(&self) -> FlushFuture<'_> {
+        Box::pin(std::future::ready(()))
+    }
+    /// The buckets as this process last knew them (no round trip).
     fn status(&self, tenant: &Tenant) -> RateStatus;
     /// Month-to-date tenant charges (from the ledger), so a restart does not reset budgets.
     fn restore_spent(&self, month: u32, spent: &HashMap<String, i64>);
@@ -142,7 +164,8 @@ pub struct LocalLimiter {
     state: Mutex<HashMap<String, TenantState>>,
 }
 
-fn buckets(tenant: &Tenant) -> (Gcra, Gcra) {
+/// The request and token buckets of a tenant's terms.
+pub(crate) fn buckets(tenant: &Tenant) -> (Gcra, Gcra) {
     let t = &tenant.terms;
     (
         Gcra::per_minute(t.requests_per_minute, t.burst_requests),
@@ -172,7 +195,50 @@ impl LocalLimiter {
 }
 
 impl Limiter for LocalLimiter {
-    fn admit(&self, tenant: &Tenant, ask: Ask) -> Result<(Reservation, RateStatus), Denied> {
+    fn admit<'a>(&'a self, tenant: &'a Tenant, ask: Ask) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(self.admit_now(tenant, ask)))
+    }
+
+    fn settle(&self, tenant: &Tenant, r: Reservation, used: Usage) {
+        let (_, tok) = buckets(tenant);
+        let mut all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = all.entry(tenant.id.clone()).or_default();
+        let unused = r.tokens.saturating_sub(used.tokens);
+        s.tokens_tat = s.tokens_tat.map(|tat| tok.refund(tat, unused));
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.held -= r.hold;
+        // A request that straddles the month boundary is booked to the month it started in,
+        // as the ledger does; that month's running total is gone once a new month began.
+        if r.month == s.month {
+            s.spent += used.charge;
+        }
+    }
+
+    fn status(&self, tenant: &Tenant) -> RateStatus {
+        let now = self.clock.now_ns();
+        let all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let empty = TenantState::default();
+        Self::status_of(tenant, all.get(&tenant.id).unwrap_or(&empty), now)
+    }
+
+    fn restore_spent(&self, month: u32, spent: &HashMap<String, i64>) {
+        let mut all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, &amount) in spent {
+            let s = all.entry(tenant.clone()).or_default();
+            s.month = month;
+            s.spent = amount;
+        }
+    }
+
+    fn in_flight(&self, tenant: &str) -> u32 {
+        let all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get(tenant).map_or(0, |s| s.in_flight)
+    }
+}
+
+impl LocalLimiter {
+    /// `admit` without the future: the local home never waits.
+    pub fn admit_now(&self, tenant: &Tenant, ask: Ask) -> Admitted {
         let now = self.clock.now_ns();
         let (req, tok) = buckets(tenant);
         let mut all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -213,43 +279,8 @@ impl Limiter for LocalLimiter {
             tokens: ask.tokens,
             hold: ask.worst_charge,
             month: ask.month,
+            lease: None,
         };
         Ok((reservation, Self::status_of(tenant, s, now)))
-    }
-
-    fn settle(&self, tenant: &Tenant, r: Reservation, used: Usage) {
-        let (_, tok) = buckets(tenant);
-        let mut all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let s = all.entry(tenant.id.clone()).or_default();
-        let unused = r.tokens.saturating_sub(used.tokens);
-        s.tokens_tat = s.tokens_tat.map(|tat| tok.refund(tat, unused));
-        s.in_flight = s.in_flight.saturating_sub(1);
-        s.held -= r.hold;
-        // A request that straddles the month boundary is booked to the month it started in,
-        // as the ledger does; that month's running total is gone once a new month began.
-        if r.month == s.month {
-            s.spent += used.charge;
-        }
-    }
-
-    fn status(&self, tenant: &Tenant) -> RateStatus {
-        let now = self.clock.now_ns();
-        let all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let empty = TenantState::default();
-        Self::status_of(tenant, all.get(&tenant.id).unwrap_or(&empty), now)
-    }
-
-    fn restore_spent(&self, month: u32, spent: &HashMap<String, i64>) {
-        let mut all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        for (tenant, &amount) in spent {
-            let s = all.entry(tenant.clone()).or_default();
-            s.month = month;
-            s.spent = amount;
-        }
-    }
-
-    fn in_flight(&self, tenant: &str) -> u32 {
-        let all = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        all.get(tenant).map_or(0, |s| s.in_flight)
     }
 }

@@ -15,8 +15,9 @@ pub mod headers;
 pub mod keys;
 pub mod limiter;
 #[cfg(test)]
-mod limiter_tests;
+pub(crate) mod limiter_tests;
 pub mod live;
+pub mod redis;
 
 pub use classes::TierClasses;
 pub use directory::{Directory, PrefixScope, Sources, Tenant, Tier};
@@ -25,6 +26,7 @@ pub use limiter::{
     Reservation, Usage,
 };
 pub use live::Tenancy;
+pub use redis::RedisLimiter;
 
 use std::sync::Arc;
 
