@@ -7,11 +7,13 @@ key still validates and only fails in a cluster. This checks, within one rendere
 Services, the PodDisruptionBudget and the ServiceMonitor select pods or Services that exist;
 named target ports exist on the selected pods; every ConfigMap, Secret and key a pod reads
 exists; the HPA targets an existing Deployment; the gateway's termination grace period stays
-above its drain bound. It also checks the ServiceMonitor, whose CRD schema is not among the
+above its drain bound; the config files in the ConfigMap parse, every replica names a device
+and every tenant a tier that exists. It also checks the ServiceMonitor, whose CRD schema is not among the
 core schemas, structurally. Prints one line per problem; exits 1 if there is any.
 """
 
 import sys
+import tomllib
 
 import yaml
 
@@ -111,20 +113,49 @@ def check_service_monitor(objs):
                 problem(f"ServiceMonitor {name}: port {ep.get('port')!r} is not a port of its Services")
 
 
-def check_drain_bound(objs):
-    """terminationGracePeriodSeconds > preStop sleep + 2 x shutdown_grace_secs (gateway.yaml)."""
+def gateway_config(objs):
+    """The data of the generated tiergate-config ConfigMap, or None."""
     config = next((o for o in objs if o["kind"] == "ConfigMap"
                    and o["metadata"]["name"].startswith("tiergate-config")), None)
+    return config["data"] if config else None
+
+
+def check_config_files(objs):
+    data = gateway_config(objs)
+    if data is None:
+        return
+    parsed = {}
+    for name in ("tiergate.toml", "tiers.toml", "tenants.toml"):
+        try:
+            parsed[name] = tomllib.loads(data[name])
+        except (KeyError, tomllib.TOMLDecodeError) as e:
+            problem(f"ConfigMap tiergate-config: {name}: {e}")
+    if len(parsed) < 3:
+        return
+    for model in parsed["tiergate.toml"].get("models", []):
+        for r in model.get("replicas", []):
+            dev = r.get("device", "")
+            if not (dev == "cpu" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+                problem(f"tiergate.toml: model {model.get('name')}: device {dev!r}")
+    tiers = parsed["tiers.toml"].get("tiers", {})
+    for t in parsed["tenants.toml"].get("tenants", []):
+        if t.get("tier") not in tiers:
+            problem(f"tenants.toml: tenant {t.get('id')}: no tier {t.get('tier')!r}")
+
+
+def check_drain_bound(objs):
+    """terminationGracePeriodSeconds > preStop sleep + 2 x shutdown_grace_secs (gateway.yaml)."""
+    data = gateway_config(objs)
     gateway = next((o for o in objs if o["kind"] == "Deployment"
                     and o["metadata"]["name"] == "tiergate"), None)
-    if not config or not gateway:
+    if not data or not gateway:
         problem("no tiergate Deployment or tiergate-config ConfigMap")
         return
-    grace = 30  # the default of limits.shutdown_grace_secs
-    for line in config["data"]["tiergate.toml"].splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "shutdown_grace_secs":
-            grace = int(value.split("#")[0])
+    try:
+        limits = tomllib.loads(data["tiergate.toml"]).get("limits", {})
+    except tomllib.TOMLDecodeError:
+        return  # reported by check_config_files
+    grace = limits.get("shutdown_grace_secs", 30)  # 30: the default
     spec = gateway["spec"]["template"]["spec"]
     container = next(c for c in spec["containers"] if c["name"] == "tiergate")
     command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
@@ -144,6 +175,7 @@ def main():
     check_pod_refs(objs, pods)
     check_scaling(objs, pods)
     check_service_monitor(objs)
+    check_config_files(objs)
     check_drain_bound(objs)
     for p in problems:
         print(f"{overlay}: {p}")
