@@ -19,7 +19,9 @@
 #   outage   demo-aiss-special floods for 3 x OUTAGE_SECS; Redis is shut down after the first
 #            third and restarted after the second (same port, empty: it keeps nothing).
 # Then the gateways are stopped (SIGTERM: the ledger flushes), the ledger is read back, and
-# `tiergate ledger verify` checks every gateway's chain.
+# `tiergate ledger verify` checks every gateway's chain. Prints markdown tables
+# (loadtests/scale_out_table.py); exits 1 when a tenant got more than its limit across the
+# cluster (expected with LIMITER=local: that is the leak) or the ledger does not verify.
 #
 # Needs: haproxy (`apt-get install -y haproxy`), redis-server, PostgreSQL at PG_URL (its own
 # schema, dropped afterwards unless KEEP=1). The Redis of this run is its own, on a free port:
@@ -173,15 +175,33 @@ python3 "$CLIENT" flood "$url" "$out" flood "$FLOOD_SECS" \
 event flood_end
 
 # --- kill -9 one gateway under leases ---------------------------------------------------------
-# Leases of demo-research in Redis: members of its sorted sets (the limiter's lease sets).
+# demo-research's leases in Redis (the redis limiter's `{demo-research}:leases` sorted set,
+# id -> expiry in microseconds of Redis TIME): "members unexpired". Expired members stay until
+# the next admission of that tenant prunes them.
 research_leases() {
-    local n=0 k
+    local members=0 live=0 k now
+    now=$(redis-cli -p "$redis_port" time 2>/dev/null | paste -sd' ' | awk '{ printf "%d%06d", $1, $2 }')
     while read -r k; do
         [[ -z $k ]] && continue
         [[ $(redis-cli -p "$redis_port" type "$k") == zset ]] || continue
-        n=$((n + $(redis-cli -p "$redis_port" zcard "$k")))
+        members=$((members + $(redis-cli -p "$redis_port" zcard "$k")))
+        live=$((live + $(redis-cli -p "$redis_port" zcount "$k" "$now" +inf)))
     done < <(redis-cli -p "$redis_port" --scan --pattern '*demo-research*' 2>/dev/null)
-    echo "$n"
+    echo "$members $live"
+}
+# After the kill: samples the leases every 0.5 s until at most 2 are unexpired (the streams on
+# the surviving gateways); records when that happened, by Redis's own clock of expiry.
+watch_leases() {
+    local start=$1
+    for _ in $(seq 240); do
+        read -r members live <<<"$(research_leases)"
+        echo "$(now) $members $live" >>"$tmp/leases.txt"
+        if ((live <= 2)); then
+            echo "stale_leases_expired_after_s $(python3 -c "print(round($(now) - $start, 1))")" >>"$tmp/events.txt"
+            return
+        fi
+        sleep 0.5
+    done
 }
 echo "kill: 4 research streams of $STREAM_TOKENS tokens (2 on gw1), then kill -9 gw1" >&2
 sleep 2 # research's flood requests have ended and returned their leases
@@ -196,10 +216,16 @@ kill -9 "${gw_pid[1]}"
 gw_pid[1]=
 event kill
 echo "leases_after_kill $(research_leases)" >>"$tmp/events.txt"
+watcher=
+if [[ $LIMITER == redis ]]; then
+    watch_leases "$(now)" &
+    watcher=$!
+fi
 probe_secs=$(python3 "$CLIENT" probe "$url" "$out" probe 180 "demo-research:${key[demo-research]}")
 echo "probe_admitted_after_s $probe_secs" >>"$tmp/events.txt"
 echo "leases_after_probe $(research_leases)" >>"$tmp/events.txt"
 wait "$streams"
+[[ -n $watcher ]] && wait "$watcher"
 event streams_end
 
 # --- Redis outage ---------------------------------------------------------------------------

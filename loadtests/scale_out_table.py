@@ -100,7 +100,10 @@ def kill_table(rows, events):
     ports = Counter((r["gateway"].rsplit(":", 1)[-1], r["status"]) for r in streams)
     print(f"| streams (gateway port, status): count | {dict(ports)} |")
     for name in ("leases_before_kill", "leases_after_kill", "leases_after_probe"):
-        print(f"| {name.replace('_', ' ')} (Redis lease-set members) | {events.get(name, '-')} |")
+        members, _, live = events.get(name, "- -").partition(" ")
+        print(f"| {name.replace('_', ' ')}: in Redis / unexpired | {members} / {live} |")
+    print(f"| stale leases expired after (s since kill, Redis clock) "
+          f"| {events.get('stale_leases_expired_after_s', '-')} |")
     print(f"| probe admitted after (s since kill) | {events.get('probe_admitted_after_s', '-')} |")
     print(f"| probes refused by kind | {dict(Counter(r['kind'] for r in probes if r['status'] != 200))} |")
     live_end = float(events["streams_end"]) - float(events["kill"])
