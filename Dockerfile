@@ -40,6 +40,9 @@ WORKDIR /app
 COPY --from=build /tiergate /usr/local/bin/tiergate
 COPY models/ models/
 COPY config/ config/
+# Kubernetes (deploy/kubernetes): the pod runs this image as uid 10001 on a read-only root
+# filesystem; an init container runs `tiergate models fetch` into the cache volume, and the
+# server starts with TIERGATE_FETCH_ON_START=false.
 ENV TIERGATE_CACHE_DIR=/var/cache/tiergate \
     TIERGATE_LISTEN=0.0.0.0:8080
 VOLUME /var/cache/tiergate

@@ -12,9 +12,12 @@ pub struct LedgerConfig {
     /// PostgreSQL only: schema holding the ledger tables, created if missing. Unset: the
     /// server's default (`public`).
     pub pg_schema: Option<String>,
-    /// Name of this writer's hash chain. Gateway replicas sharing one PostgreSQL ledger must
-    /// each use their own name: two writers on one chain would fork it (the database refuses
-    /// the second row with the same sequence number and the writer logs it loudly).
+    /// Name of this writer's hash chain: the gateway's id in a shared ledger. Gateways sharing
+    /// one PostgreSQL ledger must each use their own name (the host name, or the pod name in
+    /// Kubernetes: unique among live pods); `ledger verify` checks every chain and the usage
+    /// report sums them all. Two live writers on one chain would contend for each sequence
+    /// number: the database refuses the second row and the loser logs a chain clash and
+    /// appends after the winner, so the chain stays intact but every clash costs a retry.
     pub chain: String,
     /// Records that may wait for the writer. Every admitted request holds one place from
     /// admission to its end, so this also caps requests in flight; when it is full, new

@@ -33,6 +33,12 @@ impl PgStore {
             // Fail at start-up with a clear error instead of hanging on a dead host.
             config.connect_timeout(Duration::from_secs(10));
         }
+        // The migrations' `IF NOT EXISTS` make the server send notices ("already exists,
+        // skipping") at every open after the first; the crate logs them at info, where they
+        // land in the output of `usage report --format json` and read as problems.
+        config.notice_callback(|notice| {
+            tracing::debug!(notice = notice.message(), "postgres notice")
+        });
         let mut client = config.connect(NoTls)?;
         if let Some(schema) = schema {
             client.batch_execute(&format!("SET search_path TO \"{schema}\""))?;
