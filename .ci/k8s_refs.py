@@ -144,7 +144,7 @@ def check_config_files(objs):
 
 
 def check_drain_bound(objs):
-    """terminationGracePeriodSeconds > preStop sleep + 2 x shutdown_grace_secs (gateway.yaml)."""
+    """terminationGracePeriodSeconds > preStop sleep + shutdown_grace_secs + shutdown_flush_secs."""
     data = gateway_config(objs)
     gateway = next((o for o in objs if o["kind"] == "Deployment"
                     and o["metadata"]["name"] == "tiergate"), None)
@@ -155,16 +155,17 @@ def check_drain_bound(objs):
         limits = tomllib.loads(data["tiergate.toml"]).get("limits", {})
     except tomllib.TOMLDecodeError:
         return  # reported by check_config_files
-    grace = limits.get("shutdown_grace_secs", 30)  # 30: the default
+    grace = limits.get("shutdown_grace_secs", 20)  # the defaults (src/config.rs)
+    flush = limits.get("shutdown_flush_secs", 5)
     spec = gateway["spec"]["template"]["spec"]
     container = next(c for c in spec["containers"] if c["name"] == "tiergate")
     command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop = int(command[1]) if command[:1] == ["sleep"] else 0
     period = spec.get("terminationGracePeriodSeconds", 30)
-    bound = pre_stop + 2 * grace
+    bound = pre_stop + grace + flush
     if period <= bound:
         problem(f"gateway: terminationGracePeriodSeconds {period} is not above the drain bound "
-                f"{bound} (preStop {pre_stop} s + shutdown_grace_secs {grace} s + flush {grace} s)")
+                f"{bound} (preStop {pre_stop} s + shutdown_grace_secs {grace} s + shutdown_flush_secs {flush} s)")
 
 
 def main():
