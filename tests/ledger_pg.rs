@@ -122,7 +122,7 @@ fn migrations_are_recorded_once() {
         )
         .expect("query");
     let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
 }
 
 #[test]

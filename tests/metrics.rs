@@ -245,15 +245,22 @@ async fn scrapes_answer_while_a_generation_is_running() {
         let all = scrape().await;
         assert!(total(&all, "tiergate_replica_ready", &[("model", CHAT_MODEL)]) >= 1.0);
     }
-    // The generation is still running: the scrapes did not wait for it.
-    let running = scrape().await;
-    assert!(
-        total(
-            &running,
+    // The generation is still running: the scrapes did not wait for it. The gauge is set
+    // at the end of the replica's step, which may lag the first chunk on a busy machine.
+    let mut running = 0.0;
+    for _ in 0..200 {
+        let all = scrape().await;
+        running = total(
+            &all,
             "tiergate_num_requests_running",
-            &[("model", CHAT_MODEL)]
-        ) >= 1.0
-    );
+            &[("model", CHAT_MODEL)],
+        );
+        if running >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(running >= 1.0, "the running generation shows in the gauge");
     assert!(stream.chunk().await.expect("more").is_some());
     // The client leaves: its slot is counted as cancelled.
     drop(stream);
