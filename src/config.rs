@@ -18,6 +18,10 @@ const NON_KEY_VARS: &[&str] = &[
     "TIERGATE_PYTHON",
     "TIERGATE_LOG",
     "TIERGATE_ADMIN_KEY",
+    // Test harness settings (`.ci/run`, `loadtests/gpu-check.sh`): a gateway started by a
+    // test inherits them.
+    "TIERGATE_ISA_LOG",
+    "TIERGATE_TEST_DEVICE",
 ];
 
 #[derive(Debug, thiserror::Error)]
